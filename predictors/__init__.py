@@ -1,0 +1,1 @@
+"""Measurement of candidate subnets and the accuracy/latency predictors: see the predictors issue."""

@@ -1,0 +1,114 @@
+"""`Arch`: one subnet of the supernet, as a frozen, typed value.
+
+An arch names the active depth, the embedding width, and for each *active* layer its attention heads, FFN ratio and
+weight bit-width, plus one activation bit-width for the whole net. Layers beyond `depth` are not part of an arch, so
+the canonical form (and the key used for caching and dedupe) never depends on switched-off layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PER_LAYER_FIELDS = ("num_heads", "mlp_ratio", "w_bits")
+
+
+def _fmt_ratio(r: float) -> str:
+    """Short, exact text for an FFN ratio: 4.0 -> '4', 0.5 -> '0.5'."""
+    return f"{r:g}"
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One subnet: global dims plus per-layer choices for the first `depth` layers."""
+
+    depth: int
+    embed_dim: int
+    num_heads: tuple[int, ...]
+    mlp_ratio: tuple[float, ...]
+    w_bits: tuple[int, ...]
+    a_bits: int = 32
+
+    def __post_init__(self) -> None:
+        # Normalise lists to tuples and ratios to float so equal archs compare and hash equal.
+        object.__setattr__(self, "num_heads", tuple(int(h) for h in self.num_heads))
+        object.__setattr__(self, "mlp_ratio", tuple(float(r) for r in self.mlp_ratio))
+        object.__setattr__(self, "w_bits", tuple(int(b) for b in self.w_bits))
+        if not isinstance(self.depth, int) or isinstance(self.depth, bool) or self.depth < 1:
+            raise ValueError(f"depth={self.depth!r} must be a positive integer")
+        for name in PER_LAYER_FIELDS:
+            n = len(getattr(self, name))
+            if n != self.depth:
+                raise ValueError(f"{name} has {n} entries but depth={self.depth}; give one value per active layer")
+
+    def key(self) -> str:
+        """Canonical string key, e.g. `d2_e128_a32_h4.2_r4.2_w32.8` (stable across runs and processes)."""
+        return (
+            f"d{self.depth}_e{self.embed_dim}_a{self.a_bits}"
+            f"_h{'.'.join(map(str, self.num_heads))}"
+            f"_r{'.'.join(_fmt_ratio(r) for r in self.mlp_ratio)}"
+            f"_w{'.'.join(map(str, self.w_bits))}"
+        )
+
+    def __str__(self) -> str:
+        return self.key()
+
+    def layer(self, i: int) -> tuple[int, float, int]:
+        """(num_heads, mlp_ratio, w_bits) of active layer `i`."""
+        return self.num_heads[i], self.mlp_ratio[i], self.w_bits[i]
+
+    def ffn_hidden(self, i: int) -> int:
+        """FFN hidden width of layer `i`: mlp_ratio × embed_dim (the space guarantees it is an integer)."""
+        return round(self.mlp_ratio[i] * self.embed_dim)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of builtins (lists, ints, floats): safe for YAML and JSON."""
+        return {
+            "depth": self.depth,
+            "embed_dim": self.embed_dim,
+            "num_heads": list(self.num_heads),
+            "mlp_ratio": list(self.mlp_ratio),
+            "w_bits": list(self.w_bits),
+            "a_bits": self.a_bits,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Arch:
+        """Build from a mapping; per-layer values may be a list or one scalar broadcast to all `depth` layers."""
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown arch field(s) {sorted(unknown)}; expected {sorted(names)}")
+        missing = names - set(d) - {"a_bits"}
+        if missing:
+            raise ValueError(f"arch is missing field(s) {sorted(missing)}")
+        try:
+            depth = int(d["depth"])
+        except (TypeError, ValueError):
+            raise ValueError(f"depth={d['depth']!r} must be an integer") from None
+        kwargs: dict[str, Any] = {"depth": depth, "embed_dim": int(d["embed_dim"]), "a_bits": int(d.get("a_bits", 32))}
+        for name in PER_LAYER_FIELDS:
+            v = d[name]
+            kwargs[name] = list(v) if isinstance(v, Sequence) and not isinstance(v, str) else [v] * depth
+        return cls(**kwargs)
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        """YAML text of the arch; also written to `path` when given."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_yaml(cls, text_or_path: str | Path) -> Arch:
+        """Parse YAML text, or read it from an existing file path."""
+        p = Path(text_or_path)
+        text = p.read_text() if isinstance(text_or_path, Path) or (len(str(p)) < 4096 and p.is_file()) else text_or_path
+        data = yaml.safe_load(text)
+        if not isinstance(data, Mapping):
+            raise ValueError(f"arch YAML must be a mapping of fields, got {type(data).__name__}")
+        return cls.from_dict(data)

@@ -1,0 +1,105 @@
+"""Analytic cost model of a subnet, per sample: parameters, MACs, BitOPs and model size in bytes.
+
+Conventions (cross-checked in tests against the extracted module and `torch.utils.flop_counter`):
+* MACs count every matrix multiply: patch projection, qkv / proj / fc1 / fc2, the two attention matmuls (q·kᵀ and
+  attn·v, dense T×T even when causal, as the math kernel computes them) and the head. The embedding lookup, layer
+  norms, softmax, GELU, residual adds and pooling are not counted (they are O(T·E), not O(T·E²)).
+* BitOPs = Σ MACs × w_bits × a_bits per matmul. Block linears use the layer's `w_bits` and the arch's `a_bits`;
+  the attention matmuls multiply two float activations and the stem/head are float, so they count 32 × 32.
+* Bytes: quantized weight matrices packed at their bit-width (`ceil(rows·cols·bits / 8)`) plus one float32 scale per
+  output channel; everything else (biases, layer norms, embeddings, head, 32-bit weights) 4 bytes per value.
+* The LM's costs are for a sequence of `seq_len` tokens (default `block_size`); the ViT's for one image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from supernet.arch import Arch
+from supernet.config import ModelConfig
+
+FLOAT_BITS = 32
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Cost totals of one subnet (or one part of it) for a single input sample."""
+
+    params: int
+    macs: int
+    bitops: int
+    bytes: int
+
+    def __add__(self, other: Costs) -> Costs:
+        return Costs(
+            self.params + other.params, self.macs + other.macs, self.bitops + other.bitops, self.bytes + other.bytes
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+ZERO = Costs(0, 0, 0, 0)
+
+
+def _matrix_bytes(rows: int, cols: int, bits: int) -> int:
+    if bits >= FLOAT_BITS:
+        return 4 * rows * cols
+    return math.ceil(rows * cols * bits / 8) + 4 * rows  # packed codes + one float32 scale per output channel
+
+
+def linear_costs(tokens: int, in_f: int, out_f: int, w_bits: int, a_bits: int, bias: bool = True) -> Costs:
+    """A linear layer applied to `tokens` vectors."""
+    macs = tokens * in_f * out_f
+    params = in_f * out_f + (out_f if bias else 0)
+    size = _matrix_bytes(out_f, in_f, w_bits) + (4 * out_f if bias else 0)
+    return Costs(params, macs, macs * w_bits * a_bits, size)
+
+
+def _vector(n: int) -> Costs:
+    """A float parameter vector/table of n values (layer norm, bias, embedding)."""
+    return Costs(n, 0, 0, 4 * n)
+
+
+def layer_costs(arch: Arch, i: int, config: ModelConfig, tokens: int) -> Costs:
+    """Costs of active block `i` of `arch` at sequence length `tokens`."""
+    e, D = arch.embed_dim, config.head_dim
+    h, hidden, wb, ab = arch.num_heads[i], arch.ffn_hidden(i), arch.w_bits[i], arch.a_bits
+    inner = h * D
+    attn_macs = 2 * tokens * tokens * inner  # q·kᵀ and attn·v, float × float
+    return (
+        _vector(2 * e)  # ln1
+        + linear_costs(tokens, e, 3 * inner, wb, ab)
+        + Costs(0, attn_macs, attn_macs * FLOAT_BITS * FLOAT_BITS, 0)
+        + linear_costs(tokens, inner, e, wb, ab)
+        + _vector(2 * e)  # ln2
+        + linear_costs(tokens, e, hidden, wb, ab)
+        + linear_costs(tokens, hidden, e, wb, ab)
+    )
+
+
+def stem_costs(arch: Arch, config: ModelConfig, tokens: int) -> Costs:
+    """Patch projection + position embedding (image) or token table + position embedding (LM)."""
+    e = arch.embed_dim
+    if config.task == "image":
+        return linear_costs(tokens, config.patch_dim, e, FLOAT_BITS, FLOAT_BITS) + _vector(config.num_patches * e)
+    return _vector(config.vocab_size * e + config.block_size * e)
+
+
+def head_costs(arch: Arch, config: ModelConfig, tokens: int) -> Costs:
+    """Final layer norm + classifier on the pooled vector (image) or LM head on every token."""
+    e = arch.embed_dim
+    out, rows = (config.num_classes, 1) if config.task == "image" else (config.vocab_size, tokens)
+    return _vector(2 * e) + linear_costs(rows, e, out, FLOAT_BITS, FLOAT_BITS)
+
+
+def arch_costs(arch: Arch, config: ModelConfig, seq_len: int | None = None) -> Costs:
+    """Total costs of `arch` for one sample (one image, or one sequence of `seq_len` tokens for the LM)."""
+    if seq_len is not None and config.task == "lm" and not 1 <= seq_len <= config.block_size:
+        raise ValueError(f"seq_len={seq_len} must be in [1, block_size={config.block_size}]")
+    tokens = config.tokens(seq_len)
+    total = stem_costs(arch, config, tokens) + head_costs(arch, config, tokens)
+    for i in range(arch.depth):
+        total = total + layer_costs(arch, i, config, tokens)
+    return total

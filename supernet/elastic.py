@@ -1,0 +1,165 @@
+"""Elastic layers: modules that hold the largest tensors and hand out a subnet's slice of them.
+
+Each layer has `materialize(...)`, which slices (supernet/slicing.py) and fake-quantizes (supernet/quant.py) its
+tensors for one subnet, and a `forward` that runs the shared math (supernet/functional.py) on them. Nothing is
+stored between calls: the subnet's sizes are arguments, never attributes set before a forward (the OFA/HAT
+`set_active_subnet` pattern this replaces is what made their forwards stateful).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from supernet import functional as fn
+from supernet.quant import quantize_weight
+from supernet.slicing import slice_columns, slice_linear, slice_qkv, slice_vector
+
+
+def _init_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    nn.init.trunc_normal_(weight, std=0.02)
+    if bias is not None:
+        nn.init.zeros_(bias)
+
+
+class ElasticLinear(nn.Module):
+    """Linear layer of at most `(out_max, in_max)`; a subnet uses the first rows and columns."""
+
+    def __init__(self, in_max: int, out_max: int, bias: bool = True) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_max, in_max))
+        self.bias = nn.Parameter(torch.empty(out_max)) if bias else None
+        _init_linear(self.weight, self.bias)
+
+    def materialize(
+        self, in_features: int, out_features: int, w_bits: int = 32
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        w, b = slice_linear(self.weight, self.bias, out_features, in_features)
+        return quantize_weight(w, w_bits), b
+
+    def forward(self, x: torch.Tensor, out_features: int, w_bits: int = 32, a_bits: int = 32) -> torch.Tensor:
+        w, b = self.materialize(x.shape[-1], out_features, w_bits)
+        return fn.qlinear(x, w, b, a_bits)
+
+
+class ElasticLayerNorm(nn.Module):
+    """LayerNorm over the first `dim` channels, with the matching slice of its affine parameters."""
+
+    def __init__(self, dim_max: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim_max))
+        self.bias = nn.Parameter(torch.zeros(dim_max))
+        self.eps = eps
+
+    def materialize(self, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return slice_vector(self.weight, dim), slice_vector(self.bias, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fn.layer_norm(x, *self.materialize(x.shape[-1]), self.eps)
+
+
+class ElasticAttention(nn.Module):
+    """Multi-head self-attention with elastic heads (fixed head_dim) and elastic embedding width."""
+
+    def __init__(self, embed_max: int, heads_max: int, head_dim: int) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.qkv = ElasticLinear(embed_max, 3 * heads_max * head_dim)
+        self.proj = ElasticLinear(heads_max * head_dim, embed_max)
+
+    def materialize(self, embed_dim: int, heads: int, w_bits: int) -> tuple[torch.Tensor, ...]:
+        """(qkv_w, qkv_b, proj_w, proj_b) for `heads` heads reading/writing `embed_dim` channels."""
+        qkv_w, qkv_b = slice_qkv(self.qkv.weight, self.qkv.bias, heads, self.head_dim, embed_dim)
+        proj_w, proj_b = self.proj.materialize(heads * self.head_dim, embed_dim, w_bits)
+        return quantize_weight(qkv_w, w_bits), qkv_b, proj_w, proj_b
+
+    def forward(self, x: torch.Tensor, heads: int, w_bits: int, a_bits: int, causal: bool) -> torch.Tensor:
+        w = self.materialize(x.shape[-1], heads, w_bits)
+        return fn.attention(x, *w, heads, self.head_dim, a_bits, causal)
+
+
+class ElasticFFN(nn.Module):
+    """GELU MLP whose hidden width is front-sliced (nested, as in MatFormer)."""
+
+    def __init__(self, embed_max: int, hidden_max: int) -> None:
+        super().__init__()
+        self.fc1 = ElasticLinear(embed_max, hidden_max)
+        self.fc2 = ElasticLinear(hidden_max, embed_max)
+
+    def materialize(self, embed_dim: int, hidden: int, w_bits: int) -> tuple[torch.Tensor, ...]:
+        """(fc1_w, fc1_b, fc2_w, fc2_b) for `hidden` units reading/writing `embed_dim` channels."""
+        return (*self.fc1.materialize(embed_dim, hidden, w_bits), *self.fc2.materialize(hidden, embed_dim, w_bits))
+
+    def forward(self, x: torch.Tensor, hidden: int, w_bits: int, a_bits: int) -> torch.Tensor:
+        return fn.ffn(x, *self.materialize(x.shape[-1], hidden, w_bits), a_bits)
+
+
+class ElasticBlock(nn.Module):
+    """Pre-norm transformer block made of the elastic layers above."""
+
+    def __init__(self, embed_max: int, heads_max: int, head_dim: int, hidden_max: int, eps: float) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.eps = eps
+        self.ln1 = ElasticLayerNorm(embed_max, eps)
+        self.attn = ElasticAttention(embed_max, heads_max, head_dim)
+        self.ln2 = ElasticLayerNorm(embed_max, eps)
+        self.ffn = ElasticFFN(embed_max, hidden_max)
+
+    def materialize(self, embed_dim: int, heads: int, hidden: int, w_bits: int) -> fn.BlockWeights:
+        """All tensors of this block for one subnet layer, sliced and quantized."""
+        return fn.BlockWeights(
+            *self.ln1.materialize(embed_dim),
+            *self.attn.materialize(embed_dim, heads, w_bits),
+            *self.ln2.materialize(embed_dim),
+            *self.ffn.materialize(embed_dim, hidden, w_bits),
+        )
+
+    def forward(self, x: torch.Tensor, heads: int, hidden: int, w_bits: int, a_bits: int, causal: bool) -> torch.Tensor:
+        w = self.materialize(x.shape[-1], heads, hidden, w_bits)
+        return fn.block(x, w, self.head_dim, a_bits, causal, self.eps)
+
+
+class ElasticPatchEmbed(nn.Module):
+    """Linear patch projection to at most `embed_max` channels plus a learned position embedding."""
+
+    def __init__(self, patch_dim: int, num_patches: int, embed_max: int) -> None:
+        super().__init__()
+        self.proj = ElasticLinear(patch_dim, embed_max)
+        self.pos = nn.Parameter(torch.zeros(num_patches, embed_max))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        # Patch projection fan-in is C*p*p, not embed: scale its init like a conv stem would be.
+        nn.init.trunc_normal_(self.proj.weight, std=1.0 / math.sqrt(patch_dim))
+
+    def materialize(self, embed_dim: int) -> fn.PatchEmbedWeights:
+        w, b = slice_linear(self.proj.weight, self.proj.bias, embed_dim, self.proj.weight.shape[1])
+        return fn.PatchEmbedWeights(w, b, slice_columns(self.pos, embed_dim))
+
+
+class ElasticTokenEmbed(nn.Module):
+    """Token table and learned position embedding, both front-sliced in the channel dim."""
+
+    def __init__(self, vocab_size: int, block_size: int, embed_max: int) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.empty(vocab_size, embed_max))
+        self.pos = nn.Parameter(torch.empty(block_size, embed_max))
+        nn.init.normal_(self.table, std=0.02)
+        nn.init.normal_(self.pos, std=0.02)
+
+    def materialize(self, embed_dim: int) -> fn.TokenEmbedWeights:
+        return fn.TokenEmbedWeights(slice_columns(self.table, embed_dim), slice_columns(self.pos, embed_dim))
+
+
+class ElasticHead(nn.Module):
+    """Final layer norm plus output projection reading the first `embed_dim` channels (kept float)."""
+
+    def __init__(self, embed_max: int, out_features: int, eps: float) -> None:
+        super().__init__()
+        self.norm = ElasticLayerNorm(embed_max, eps)
+        self.fc = ElasticLinear(embed_max, out_features)
+
+    def materialize(self, embed_dim: int) -> fn.HeadWeights:
+        fc_w, fc_b = slice_linear(self.fc.weight, self.fc.bias, self.fc.weight.shape[0], embed_dim)
+        return fn.HeadWeights(*self.norm.materialize(embed_dim), fc_w, fc_b)

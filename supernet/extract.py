@@ -1,0 +1,37 @@
+"""`extract_subnet`: turn one arch of a supernet into a standalone module with copied, quantized weights."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from supernet.arch import Arch
+from supernet.model import Supernet
+from supernet.static import StaticSubnet, build_subnet
+
+
+def _assign(dst: NamedTuple, src: NamedTuple) -> None:
+    """Copy each tensor of `src` into the same-named parameter of `dst`, refusing any shape mismatch."""
+    for name, d, s in zip(dst._fields, dst, src, strict=True):
+        if d.shape != s.shape:
+            raise RuntimeError(f"{name}: standalone shape {tuple(d.shape)} != supernet slice {tuple(s.shape)}")
+        d.copy_(s)
+
+
+@torch.no_grad()
+def extract_subnet(supernet: Supernet, arch: Arch) -> StaticSubnet:
+    """A plain module for `arch` whose outputs equal `supernet(x, arch)`.
+
+    Weights are sliced and quantized by the same functions the supernet's forward uses, then copied, so the result
+    holds no reference to the supernet (changing one never changes the other). It is returned in eval mode, on the
+    supernet's device and dtype.
+    """
+    supernet.space.validate(arch)
+    ref = next(supernet.parameters())
+    sub = build_subnet(arch, supernet.config).to(device=ref.device, dtype=ref.dtype)
+    _assign(sub.stem.weights(), supernet.stem.materialize(arch.embed_dim))
+    for i, blk in enumerate(sub.blocks):
+        _assign(blk.weights(), supernet.block_weights(arch, i))
+    _assign(sub.head.weights(), supernet.head.materialize(arch.embed_dim))
+    return sub.eval()

@@ -1,0 +1,102 @@
+"""The weight-sharing supernets: a ViT-style image classifier and a causal decoder LM on the same elastic blocks.
+
+`supernet(x, arch)` runs the subnet `arch`: the first `arch.depth` blocks (elastic depth), each with its own heads,
+FFN width and weight bits, at embedding width `arch.embed_dim`. The arch is an argument, so the forward has no hidden
+state and two calls with different archs never interfere (safe under DDP and in data-parallel evaluation).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from supernet import functional as fn
+from supernet.arch import Arch
+from supernet.config import ModelConfig
+from supernet.elastic import ElasticBlock, ElasticHead, ElasticPatchEmbed, ElasticTokenEmbed
+from supernet.space import SearchSpace
+
+
+class Supernet(nn.Module):
+    """Shared trunk: elastic blocks sized by the space's largest choices. Subclasses add the task's stem and head."""
+
+    def __init__(self, space: SearchSpace, config: ModelConfig) -> None:
+        super().__init__()
+        self.space = space
+        self.config = config
+        embed_max = space.embed_dim[-1]
+        hidden_max = round(space.mlp_ratio[-1] * embed_max)
+        self.blocks = nn.ModuleList(
+            ElasticBlock(embed_max, space.num_heads[-1], config.head_dim, hidden_max, config.ln_eps)
+            for _ in range(space.max_depth)
+        )
+
+    def check_input(self, x: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def embed(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def output(self, h: torch.Tensor, arch: Arch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def block_weights(self, arch: Arch, i: int) -> fn.BlockWeights:
+        """Sliced, quantized tensors of layer `i` of `arch`."""
+        return self.blocks[i].materialize(arch.embed_dim, arch.num_heads[i], arch.ffn_hidden(i), arch.w_bits[i])
+
+    def forward(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:
+        """Output of subnet `arch` on `x` (validated against the space and the input spec)."""
+        self.space.validate(arch)
+        self.check_input(x)
+        h = self.embed(x, arch)  # (B, T, E)
+        for i in range(arch.depth):  # elastic depth: the first `depth` blocks
+            h = fn.block(
+                h,
+                self.block_weights(arch, i),
+                self.config.head_dim,
+                arch.a_bits,
+                self.config.causal,
+                self.config.ln_eps,
+            )
+        return self.output(h, arch)
+
+
+class ViTSupernet(Supernet):
+    """Image classifier: patches -> elastic blocks -> mean pool -> classifier. Input (B, C, H, W) float."""
+
+    def __init__(self, space: SearchSpace, config: ModelConfig) -> None:
+        super().__init__(space, config)
+        self.stem = ElasticPatchEmbed(config.patch_dim, config.num_patches, space.embed_dim[-1])
+        self.head = ElasticHead(space.embed_dim[-1], config.num_classes, config.ln_eps)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        fn.check_images(x, self.config.in_channels, self.config.image_size)
+
+    def embed(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:
+        return fn.embed_images(x, self.stem.materialize(arch.embed_dim), self.config.patch_size)
+
+    def output(self, h: torch.Tensor, arch: Arch) -> torch.Tensor:
+        return fn.classify(h, self.head.materialize(arch.embed_dim), self.config.ln_eps)
+
+
+class LMSupernet(Supernet):
+    """Causal decoder LM: tokens -> elastic blocks (causal attention) -> LM head. Input (B, T) int ids."""
+
+    def __init__(self, space: SearchSpace, config: ModelConfig) -> None:
+        super().__init__(space, config)
+        self.stem = ElasticTokenEmbed(config.vocab_size, config.block_size, space.embed_dim[-1])
+        self.head = ElasticHead(space.embed_dim[-1], config.vocab_size, config.ln_eps)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        fn.check_tokens(x, self.config.vocab_size, self.config.block_size)
+
+    def embed(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:
+        return fn.embed_tokens(x, self.stem.materialize(arch.embed_dim))
+
+    def output(self, h: torch.Tensor, arch: Arch) -> torch.Tensor:
+        return fn.lm_logits(h, self.head.materialize(arch.embed_dim), self.config.ln_eps)
+
+
+def build_supernet(space: SearchSpace, config: ModelConfig) -> Supernet:
+    """The supernet for `config.task` sized by `space`."""
+    return {"image": ViTSupernet, "lm": LMSupernet}[config.task](space, config)
