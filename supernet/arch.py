@@ -7,8 +7,10 @@ the canonical form (and the key used for caching and dedupe) never depends on sw
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,21 @@ PER_LAYER_FIELDS = ("num_heads", "mlp_ratio", "w_bits")
 
 
 def _fmt_ratio(r: float) -> str:
-    """Short, exact text for an FFN ratio: 4.0 -> '4', 0.5 -> '0.5'."""
-    return f"{r:g}"
+    """Short, exact text for an FFN ratio: 4.0 -> '4', 0.5 -> '0.5', 8/3 -> '2.6666666666666665' (round-trips)."""
+    return str(int(r)) if r.is_integer() else repr(r)
+
+
+def as_int(name: str, v: Any) -> int:
+    """`v` as an int if it is integral (3, 3.0, "3", numpy ints); else one ValueError naming the field."""
+    if isinstance(v, bool):
+        raise ValueError(f"{name}={v!r} must be an integer")
+    if isinstance(v, Integral):
+        return int(v)
+    if isinstance(v, str) and v.strip().lstrip("+-").isdigit():
+        return int(v)
+    if isinstance(v, Real) and math.isfinite(v) and float(v).is_integer():
+        return int(v)
+    raise ValueError(f"{name}={v!r} must be an integer")
 
 
 @dataclass(frozen=True)
@@ -34,24 +49,26 @@ class Arch:
     a_bits: int = 32
 
     def __post_init__(self) -> None:
-        # Normalise lists to tuples and ratios to float so equal archs compare and hash equal.
-        object.__setattr__(self, "num_heads", tuple(int(h) for h in self.num_heads))
+        # Normalise to builtins (tuples, ints, floats) so equal archs compare, hash and key equal.
+        for name in ("depth", "embed_dim", "a_bits"):
+            object.__setattr__(self, name, as_int(name, getattr(self, name)))
+        object.__setattr__(self, "num_heads", tuple(as_int("num_heads", h) for h in self.num_heads))
         object.__setattr__(self, "mlp_ratio", tuple(float(r) for r in self.mlp_ratio))
-        object.__setattr__(self, "w_bits", tuple(int(b) for b in self.w_bits))
-        if not isinstance(self.depth, int) or isinstance(self.depth, bool) or self.depth < 1:
-            raise ValueError(f"depth={self.depth!r} must be a positive integer")
+        object.__setattr__(self, "w_bits", tuple(as_int("w_bits", b) for b in self.w_bits))
+        if self.depth < 1:
+            raise ValueError(f"depth={self.depth} must be a positive integer")
         for name in PER_LAYER_FIELDS:
             n = len(getattr(self, name))
             if n != self.depth:
                 raise ValueError(f"{name} has {n} entries but depth={self.depth}; give one value per active layer")
 
     def key(self) -> str:
-        """Canonical string key, e.g. `d2_e128_a32_h4.2_r4.2_w32.8` (stable across runs and processes)."""
+        """Canonical string key, e.g. `d2_e128_a32_h4-2_r4-2.5_w32-8` (stable across runs and processes)."""
         return (
             f"d{self.depth}_e{self.embed_dim}_a{self.a_bits}"
-            f"_h{'.'.join(map(str, self.num_heads))}"
-            f"_r{'.'.join(_fmt_ratio(r) for r in self.mlp_ratio)}"
-            f"_w{'.'.join(map(str, self.w_bits))}"
+            f"_h{'-'.join(map(str, self.num_heads))}"
+            f"_r{'-'.join(_fmt_ratio(r) for r in self.mlp_ratio)}"
+            f"_w{'-'.join(map(str, self.w_bits))}"
         )
 
     def __str__(self) -> str:
@@ -86,11 +103,8 @@ class Arch:
         missing = names - set(d) - {"a_bits"}
         if missing:
             raise ValueError(f"arch is missing field(s) {sorted(missing)}")
-        try:
-            depth = int(d["depth"])
-        except (TypeError, ValueError):
-            raise ValueError(f"depth={d['depth']!r} must be an integer") from None
-        kwargs: dict[str, Any] = {"depth": depth, "embed_dim": int(d["embed_dim"]), "a_bits": int(d.get("a_bits", 32))}
+        depth = as_int("depth", d["depth"])
+        kwargs: dict[str, Any] = {"depth": depth, "embed_dim": d["embed_dim"], "a_bits": d.get("a_bits", 32)}
         for name in PER_LAYER_FIELDS:
             v = d[name]
             kwargs[name] = list(v) if isinstance(v, Sequence) and not isinstance(v, str) else [v] * depth
@@ -106,8 +120,15 @@ class Arch:
     @classmethod
     def from_yaml(cls, text_or_path: str | Path) -> Arch:
         """Parse YAML text, or read it from an existing file path."""
-        p = Path(text_or_path)
-        text = p.read_text() if isinstance(text_or_path, Path) or (len(str(p)) < 4096 and p.is_file()) else text_or_path
+        text = str(text_or_path)
+        try:
+            is_file = isinstance(text_or_path, Path) or ("\n" not in text and Path(text).is_file())
+        except OSError:  # e.g. YAML text too long to be a file name
+            is_file = False
+        if is_file:
+            if not Path(text).is_file():
+                raise ValueError(f"arch file {text} does not exist")
+            text = Path(text).read_text()
         data = yaml.safe_load(text)
         if not isinstance(data, Mapping):
             raise ValueError(f"arch YAML must be a mapping of fields, got {type(data).__name__}")

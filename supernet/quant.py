@@ -39,22 +39,26 @@ def weight_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor
     """Integer codes (as float tensor, same shape as `w`) and per-row scales `(out, 1)` for `bits` < 32."""
     if bits >= 32:
         raise ValueError("weight_codes is only defined for bits < 32 (32 means float)")
-    if bits == 1:
-        scale = w.abs().mean(dim=1, keepdim=True)
-        codes = torch.where(w >= 0, torch.ones_like(w), -torch.ones_like(w))
-        return codes, scale
-    qmax = 2 ** (bits - 1) - 1
-    scale = w.abs().amax(dim=1, keepdim=True).clamp_min(_EPS) / qmax
-    codes = torch.round(w / scale).clamp(-qmax, qmax)
-    return codes, scale
+    with torch.no_grad():  # codes and scales are constants for autograd; the STE supplies the gradient
+        if bits == 1:
+            return torch.where(w >= 0, 1.0, -1.0).to(w.dtype), w.abs().mean(dim=1, keepdim=True)
+        qmax = 2 ** (bits - 1) - 1
+        scale = w.abs().amax(dim=1, keepdim=True).clamp_min_(_EPS).div_(qmax)
+        return w.div(scale).round_().clamp_(-qmax, qmax), scale
 
 
 def quantize_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
     """Fake-quantize a `(out, in)` weight per output channel to `bits` (32 = identity), with STE."""
     if bits >= 32:
         return w
-    codes, scale = weight_codes(w, bits)
-    return _ste(w, codes * scale)
+    with torch.no_grad():
+        if bits == 1:
+            scale = w.abs().mean(dim=1, keepdim=True)
+            q = torch.where(w >= 0, scale, -scale)
+        else:
+            codes, scale = weight_codes(w, bits)
+            q = codes.mul_(scale)
+    return _ste(w, q)
 
 
 def quantize_activations(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -62,6 +66,7 @@ def quantize_activations(x: torch.Tensor, bits: int) -> torch.Tensor:
     if bits >= 32:
         return x
     qmax = 2 ** (bits - 1) - 1
-    scale = x.abs().amax(dim=-1, keepdim=True).clamp_min(_EPS) / qmax
-    q = torch.round(x / scale).clamp(-qmax, qmax) * scale
+    with torch.no_grad():
+        scale = x.abs().amax(dim=-1, keepdim=True).clamp_min_(_EPS).div_(qmax)
+        q = x.div(scale).round_().clamp_(-qmax, qmax).mul_(scale)
     return _ste(x, q)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -46,6 +47,8 @@ def _as_tuple(name: str, value: Any, kind: type) -> tuple:
         raise ValueError(f"space.{name}={list(value)!r} must contain {kind.__name__} values") from None
     if kind is int and any(float(v) != int(v) for v in value):
         raise ValueError(f"space.{name}={list(value)!r} must contain integers")
+    if not all(math.isfinite(v) for v in out):
+        raise ValueError(f"space.{name}={list(value)!r} must contain finite numbers")
     if len(set(out)) != len(out):
         raise ValueError(f"space.{name}={list(value)!r} has duplicate choices")
     return tuple(sorted(out))

@@ -1,0 +1,83 @@
+"""Benchmark: cost of running a subnet *inside* the supernet vs as an extracted standalone module.
+
+For ~10 archs spanning the default space (evenly spaced by MACs, plus the smallest and the largest), time
+`supernet(x, arch)` and `extract_subnet(supernet, arch)(x)` side by side in one run, interleaved so machine noise
+hits both alike, and print the ratio of medians. Target: ratio ≤ 1.05 (slicing and weight quantization should cost
+almost nothing next to the matmuls).
+
+    python bench/extraction_overhead.py [--task image|lm] [--batch 64] [--repeats 30] [--archs 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from supernet import ModelConfig, SearchSpace, arch_costs, build_supernet, extract_subnet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def spread_archs(space: SearchSpace, config: ModelConfig, n: int, seed: int = 0) -> list:
+    """`n` archs evenly spaced in MACs over a large random sample, with the smallest and largest at the ends."""
+    rng = np.random.default_rng(seed)
+    pool = sorted((space.sample(rng) for _ in range(4000)), key=lambda a: arch_costs(a, config).macs)
+    picks = [pool[round(q)] for q in np.linspace(0, len(pool) - 1, max(n - 2, 1))]
+    return [space.smallest(), *picks, space.largest()]
+
+
+def time_pair(f_super, f_sub, repeats: int, warmup: int = 3) -> tuple[float, float]:
+    """Median seconds of each callable, alternating calls so both see the same machine state."""
+    for _ in range(warmup):
+        f_super()
+        f_sub()
+    ts, tx = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f_super()
+        t1 = time.perf_counter()
+        f_sub()
+        t2 = time.perf_counter()
+        ts.append(t1 - t0)
+        tx.append(t2 - t1)
+    return statistics.median(ts), statistics.median(tx)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", choices=["image", "lm"], default="image")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--archs", type=int, default=10)
+    args = ap.parse_args()
+
+    space = SearchSpace.from_yaml(ROOT / "conf" / "space" / "default.yaml")
+    config = ModelConfig(task=args.task)
+    torch.manual_seed(0)
+    net = build_supernet(space, config).eval()
+    if args.task == "image":
+        x = torch.randn(args.batch, config.in_channels, config.image_size, config.image_size)
+    else:
+        x = torch.randint(0, config.vocab_size, (args.batch, config.block_size))
+
+    print(f"task={args.task} batch={args.batch} repeats={args.repeats} threads={torch.get_num_threads()} "
+          f"torch={torch.__version__}")  # fmt: skip
+    print(f"{'arch':58s} {'MMACs':>8s} {'supernet ms':>12s} {'subnet ms':>10s} {'ratio':>6s}")
+    ratios = []
+    with torch.inference_mode():
+        for arch in spread_archs(space, config, args.archs):
+            sub = extract_subnet(net, arch)
+            t_super, t_sub = time_pair(lambda a=arch: net(x, a), lambda s=sub: s(x), args.repeats)
+            ratios.append(t_super / t_sub)
+            mmacs = arch_costs(arch, config).macs / 1e6
+            print(f"{arch.key():58s} {mmacs:8.2f} {t_super * 1e3:12.2f} {t_sub * 1e3:10.2f} {ratios[-1]:6.3f}")
+    print(f"ratio supernet/subnet: median {statistics.median(ratios):.3f}, max {max(ratios):.3f} (target <= 1.05)")
+
+
+if __name__ == "__main__":
+    main()

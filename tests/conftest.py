@@ -1,0 +1,53 @@
+"""Shared fixtures: the registered task models, built once per session with non-trivial weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from supernet import ModelConfig, SearchSpace, Supernet, build_supernet
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACES = ROOT / "conf" / "space"
+
+# Every task model the project ships. A new task added here is covered by every contract test automatically.
+TASK_CONFIGS = {
+    "image": ModelConfig(task="image"),
+    "lm": ModelConfig(task="lm", vocab_size=256, block_size=32),
+}
+
+
+def randomize(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random values for every parameter, layer norms and biases included (ones/zeros would hide slicing bugs)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.5 if p.dim() == 1 else 0.1))
+    return net
+
+
+def sample_input(config: ModelConfig, batch: int = 4, seq_len: int | None = None, seed: int = 0) -> torch.Tensor:
+    """A valid input batch for the task."""
+    g = torch.Generator().manual_seed(seed)
+    if config.task == "image":
+        return torch.randn(batch, config.in_channels, config.image_size, config.image_size, generator=g)
+    return torch.randint(0, config.vocab_size, (batch, seq_len or config.block_size), generator=g)
+
+
+@pytest.fixture(scope="session")
+def default_space() -> SearchSpace:
+    return SearchSpace.from_yaml(SPACES / "default.yaml")
+
+
+@pytest.fixture(scope="session")
+def small_space() -> SearchSpace:
+    return SearchSpace.from_yaml(SPACES / "small.yaml")
+
+
+@pytest.fixture(scope="session", params=sorted(TASK_CONFIGS))
+def task_net(request, default_space) -> Supernet:
+    """A supernet of every registered task over the default space, random weights, eval mode."""
+    torch.manual_seed(0)
+    return randomize(build_supernet(default_space, TASK_CONFIGS[request.param])).eval()
