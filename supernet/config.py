@@ -30,6 +30,8 @@ class ModelConfig:
     # lm task: token ids in [0, vocab_size), at most block_size of them
     vocab_size: int = 256
     block_size: int = 64
+    # guard against spaces deeper than intended (None: no limit)
+    max_depth: int | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -42,6 +44,8 @@ class ModelConfig:
             raise ValueError(
                 f"model.image_size={self.image_size} is not divisible by model.patch_size={self.patch_size}"
             )
+        if self.max_depth is not None and (not isinstance(self.max_depth, int) or self.max_depth < 1):
+            raise ValueError(f"model.max_depth={self.max_depth!r} must be a positive integer or null")
         if not self.ln_eps > 0:
             raise ValueError(f"model.ln_eps={self.ln_eps!r} must be > 0")
 

@@ -22,6 +22,11 @@ class Supernet(nn.Module):
 
     def __init__(self, space: SearchSpace, config: ModelConfig) -> None:
         super().__init__()
+        if config.max_depth is not None and space.max_depth > config.max_depth:
+            raise ValueError(
+                f"space.depth choices {list(space.depth)} go beyond model.max_depth={config.max_depth}; "
+                "remove the deeper choices or raise model.max_depth"
+            )
         self.space = space
         self.config = config
         embed_max = space.embed_dim[-1]

@@ -5,8 +5,11 @@ pass and passes gradients through unchanged):
 
 * Weights, per output channel (one scale per row of a `(out, in)` matrix), for `bits` in {1, 2, 4, 8, 16, 32}:
     - 32: float, untouched.
-    - 2..16: `qmax = 2**(bits-1) - 1`, `scale = max|w_row| / qmax`, `code = clamp(round(w / scale), -qmax, qmax)`,
-      value `code * scale`. So 2 bits is ternary {-1, 0, +1} × scale, 4 bits is {-7..7} × scale.
+    - 4..16: `qmax = 2**(bits-1) - 1`, `scale = max|w_row| / qmax`, `code = clamp(round(w / scale), -qmax, qmax)`,
+      value `code * scale` (4 bits: {-7..7} × scale).
+    - 2: ternary as in TWN / TernaryBERT: `code = sign(w)` where `|w| > 0.7 · mean|w_row|`, else 0;
+      `scale = mean of |w| over the non-zero codes`. (A max-scaled ternary grid zeroes most weights and is worse than
+      1 bit; this threshold is the closed-form approximate minimiser of the error for Gaussian-like rows.)
     - 1: binary as in BiBERT/BinaryBERT: `code = sign(w)` (0 counts as +1), `scale = mean|w_row|`.
   Quantization is applied to the *sliced* weight of a subnet, so a subnet's scales only see its own active inputs and
   the extracted module stores exactly the values the supernet used.
@@ -26,6 +29,7 @@ from __future__ import annotations
 import torch
 
 _EPS = 1e-8
+TERNARY_THRESHOLD = 0.7  # TWN: Δ = 0.7 · E|w|
 
 
 def _ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -42,6 +46,11 @@ def weight_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor
     with torch.no_grad():  # codes and scales are constants for autograd; the STE supplies the gradient
         if bits == 1:
             return torch.where(w >= 0, 1.0, -1.0).to(w.dtype), w.abs().mean(dim=1, keepdim=True)
+        if bits == 2:
+            a = w.abs()
+            keep = a > TERNARY_THRESHOLD * a.mean(dim=1, keepdim=True)
+            scale = (a * keep).sum(dim=1, keepdim=True) / keep.sum(dim=1, keepdim=True).clamp_min(1)
+            return torch.sign(w) * keep, scale
         qmax = 2 ** (bits - 1) - 1
         scale = w.abs().amax(dim=1, keepdim=True).clamp_min_(_EPS).div_(qmax)
         return w.div(scale).round_().clamp_(-qmax, qmax), scale
@@ -52,7 +61,7 @@ def quantize_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
     if bits >= 32:
         return w
     with torch.no_grad():
-        if bits == 1:
+        if bits == 1:  # fast path, same values as weight_codes: sign × mean|w|
             scale = w.abs().mean(dim=1, keepdim=True)
             q = torch.where(w >= 0, scale, -scale)
         else:

@@ -36,12 +36,6 @@ def slice_columns(t: torch.Tensor, n: int) -> torch.Tensor:
     return t[..., :n]
 
 
-def qkv_rows(heads: int, max_heads: int, head_dim: int) -> torch.Tensor:
-    """Row indices of the fused qkv weight used by a subnet with `heads` heads: the first `heads` of q, k and v."""
-    base = torch.arange(heads * head_dim)
-    return torch.cat([base + i * max_heads * head_dim for i in range(3)])
-
-
 def slice_qkv(
     weight: torch.Tensor, bias: torch.Tensor | None, heads: int, head_dim: int, in_features: int
 ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -49,6 +49,10 @@ def ref_qweight(w: torch.Tensor, bits: int) -> torch.Tensor:
         return w
     if bits == 1:
         return torch.where(w >= 0, 1.0, -1.0) * w.abs().mean(dim=1, keepdim=True)
+    if bits == 2:  # TWN ternary: ±mean of the magnitudes above 0.7 · mean|w|, zero below
+        keep = (w.abs() > 0.7 * w.abs().mean(dim=1, keepdim=True)).float()
+        s = (w.abs() * keep).sum(dim=1, keepdim=True) / keep.sum(dim=1, keepdim=True).clamp_min(1)
+        return torch.sign(w) * keep * s
     qmax = 2 ** (bits - 1) - 1
     s = w.abs().amax(dim=1, keepdim=True) / qmax
     return torch.clamp(torch.round(w / s), -qmax, qmax) * s

@@ -1,0 +1,15 @@
+"""Lightning DataModules for the shipped tasks, and the contract a custom dataset follows.
+
+A data module for `nas-train` is a `lightning.LightningDataModule` that also provides:
+
+* `input_spec() -> dict`: the `ModelConfig` fields fixed by the data (`task` plus `in_channels`, `image_size`,
+  `num_classes` for images, or `vocab_size` for language modelling);
+* `val_subset_dataloader()`: a fixed, seeded subset of the validation split used to evaluate many subnets quickly.
+
+Plug in your own with a config whose `data._target_` names your class (see README, "Custom datasets").
+"""
+
+from supernet.data.images import DigitsDataModule, FashionMNISTDataModule, ImageArrayDataModule
+from supernet.data.text import ShakespeareDataModule
+
+__all__ = ["DigitsDataModule", "FashionMNISTDataModule", "ImageArrayDataModule", "ShakespeareDataModule"]

@@ -1,0 +1,141 @@
+"""`nas-train`: train a supernet from the Hydra config in `conf/` and write a self-describing run directory.
+
+    nas-train experiment=demo                 # Fashion-MNIST demo supernet -> results/demo/
+    nas-train experiment=smoke trainer=ddp    # 2 CPU processes
+    nas-train --cfg job                       # print the composed config
+
+Run directory (`results/<run_name>/`): `config.yaml` (resolved), `checkpoints/{last,best}.ckpt` (Lightning),
+`supernet.safetensors` (weights + space + model config, what later stages load), `metrics.csv`,
+`training_curves.png`, `train_summary.json`. Running the same command again resumes from `last.ckpt`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig, OmegaConf
+
+from supernet.artifact import save_supernet
+from supernet.config import ModelConfig
+from supernet.curves import merge_metrics, plot_curves
+from supernet.space import SearchSpace
+from supernet.training import SupernetModule
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def model_config(cfg_model: dict, spec: dict) -> ModelConfig:
+    """The model config: the `model` group plus the fields the data fixes (task, geometry, vocabulary)."""
+    if cfg_model.get("task", spec["task"]) != spec["task"]:
+        fix = "model=lm" if spec["task"] == "lm" else "model=vit"
+        raise ValueError(f"model.task={cfg_model['task']!r} does not fit the data's task {spec['task']!r}; use {fix}")
+    return ModelConfig.from_config({**cfg_model, **spec})
+
+
+def check_checkpoint(path: Path, hparams: dict[str, Any]) -> None:
+    """Refuse a corrupt checkpoint or one from another space/model before Lightning tries to restore it."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged file
+        raise ValueError(
+            f"cannot resume: checkpoint {path} is unreadable ({type(e).__name__}); delete it or pass resume=false "
+            "with another run_name"
+        ) from None
+    saved = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    for part in ("space", "model"):
+        if saved.get(part) != hparams[part]:
+            raise ValueError(
+                f"cannot resume: checkpoint {path} was trained with another {part} config ({saved.get(part)}); "
+                "choose another run_name or delete that run directory"
+            )
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Train per `cfg` into `run_dir`; returns the summary also written to `train_summary.json`."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = instantiate(cfg.data)
+    spec = dm.input_spec() if hasattr(dm, "input_spec") else None
+    if spec is None:
+        raise ValueError(f"data module {cfg.data._target_} has no input_spec(); see README, 'Custom datasets'")
+    space = SearchSpace.from_config(cfg.space)
+    mcfg = model_config(OmegaConf.to_container(cfg.model, resolve=True), spec)
+    train_cfg = OmegaConf.to_container(cfg.train, resolve=True)
+    module = SupernetModule(space.to_dict(), mcfg.to_dict(), train_cfg)
+
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    ckpt_path = None
+    if last.exists():
+        if not cfg.resume:
+            raise ValueError(f"{run_dir} already holds a run; pass resume=true to continue it or another run_name")
+        check_checkpoint(last, module.hparams)
+        ckpt_path = str(last)
+
+    metric = module.metric
+    mode = "max" if metric == "acc" else "min"
+    ckpt_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=f"val/{metric}/mean", mode=mode,
+                              save_last=True, save_top_k=1, enable_version_counter=False)  # fmt: skip
+    trainer = L.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        default_root_dir=str(run_dir),
+        logger=CSVLogger(str(run_dir), name="logs"),
+        callbacks=[ckpt_cb],
+    )
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    elapsed = time.perf_counter() - t0
+
+    summary: dict[str, Any] = {}
+    if trainer.is_global_zero:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        summary = {
+            "run_dir": str(run_dir),
+            "task": mcfg.task,
+            "space": space.name,
+            "space_size": space.size(),
+            "sampler": train_cfg["sampler"],
+            "global_step": trainer.global_step,
+            "epochs": trainer.current_epoch,
+            "fit_seconds_this_attempt": round(elapsed, 1),
+            "resumed_from": ckpt_path,
+            "best_checkpoint": ckpt_cb.best_model_path,
+            "best_score": float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None else None,
+            "reference_archs": {k: a.key() for k, a in module.eval_archs.items()},
+            "val_metrics": metrics,
+        }
+        save_supernet(run_dir, module.net, info=summary)
+        rows = merge_metrics(run_dir / "logs", run_dir / "metrics.csv")
+        plot_curves(rows, metric, run_dir / "training_curves.png", title=f"{run_dir.name}: {space.name} space")
+        (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+@hydra.main(config_path=CONF_DIR, config_name="train", version_base=None)
+def main(cfg: DictConfig) -> None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        summary = train(cfg, run_dir)
+    except (ValueError, FloatingPointError) as e:
+        print(f"nas-train: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if summary:
+        vals = ", ".join(f"{k.split('/')[-1]}={v:.2f}" for k, v in sorted(summary["val_metrics"].items()))
+        print(f"nas-train: {summary['global_step']} steps; validation {vals}")
+        print(f"nas-train: supernet artifact at {run_dir / 'supernet.safetensors'}")
+
+
+if __name__ == "__main__":
+    main()

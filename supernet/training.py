@@ -1,0 +1,178 @@
+"""`SupernetModule`: the LightningModule that trains every subnet of a supernet at once.
+
+Per optimizer step the sampler (supernet/sampling.py) names the subnets. With the sandwich rule the largest arch
+learns from the labels, and the smallest plus `num_random` random archs learn from the largest arch's detached
+outputs (in-place distillation: KL at temperature `kd_temperature`, weight `kd_weight`) plus `task_weight` × the
+task loss. All subnet losses are summed before one backward pass, so their gradients accumulate into a single
+optimizer step and DDP sees exactly one forward/backward per step.
+
+Validation reports the task metric for the largest, the smallest and `reference_archs` fixed archs spread over
+the space by MACs, plus their mean (the checkpoint monitor), so the log shows the whole spectrum.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from supernet.arch import Arch
+from supernet.config import ModelConfig
+from supernet.costs import arch_costs
+from supernet.model import build_supernet
+from supernet.sampling import DIMENSIONS, build_sampler
+from supernet.space import SearchSpace
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "sampler": "sandwich",
+    "num_random": 2,
+    "kd_temperature": 1.0,
+    "kd_weight": 1.0,
+    "task_weight": 0.5,
+    "lr": 2e-3,
+    "weight_decay": 0.05,
+    "warmup_fraction": 0.05,
+    "min_lr_ratio": 0.01,
+    "reference_archs": 3,
+    "progressive": {"enabled": False, "order": list(DIMENSIONS), "stage_ends": None},
+    "check_rank_sync": False,
+    "seed": 0,
+}
+
+
+def reference_archs(space: SearchSpace, config: ModelConfig, n: int, seed: int = 0) -> dict[str, Arch]:
+    """largest, smallest and `n` archs at evenly spaced MAC quantiles of a seeded random sample."""
+    rng = np.random.default_rng([seed, 7])
+    pool = sorted((space.sample(rng) for _ in range(512)), key=lambda a: arch_costs(a, config).macs)
+    out = {"largest": space.largest(), "smallest": space.smallest()}
+    for k, q in enumerate(np.linspace(0, 1, n + 2)[1:-1]):
+        out[f"ref{k + 1}"] = pool[round(q * (len(pool) - 1))]
+    return out
+
+
+def task_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for classification (B, C) or language modelling (B, T, V)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1))
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher ‖ student) at `temperature`, scaled by T² (Hinton et al.), averaged over samples/tokens."""
+    s = F.log_softmax(student.reshape(-1, student.shape[-1]).float() / temperature, dim=-1)
+    t = F.log_softmax(teacher.reshape(-1, teacher.shape[-1]).float() / temperature, dim=-1)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature**2
+
+
+class SupernetModule(L.LightningModule):
+    """Trains a supernet with a sampling rule; hyperparameters are plain dicts so checkpoints describe themselves."""
+
+    def __init__(self, space: dict, model: dict, train: dict) -> None:
+        super().__init__()
+        train = {**TRAIN_DEFAULTS, **train}
+        self.save_hyperparameters({"space": space, "model": model, "train": train})
+        self.space = SearchSpace.from_config(space)
+        self.model_config = ModelConfig.from_config(model)
+        self.cfg = train
+        self.net = build_supernet(self.space, self.model_config)
+        self.eval_archs = reference_archs(self.space, self.model_config, train["reference_archs"], train["seed"])
+        self.sampler = None  # built in on_fit_start, when the total number of steps is known
+        self.metric = "acc" if self.model_config.task == "image" else "loss"
+
+    # ---- sampling ---------------------------------------------------------------------------------------------------
+
+    def on_fit_start(self) -> None:
+        prog = self.cfg["progressive"]
+        stages = None
+        if prog["enabled"]:
+            order = list(prog["order"])
+            stages = [order[:k] for k in range(len(order) + 1)]
+        self.sampler = build_sampler(
+            self.cfg["sampler"], self.space, num_random=self.cfg["num_random"], seed=self.cfg["seed"],
+            stages=stages, stage_ends=prog.get("stage_ends"), total_steps=int(self.trainer.estimated_stepping_batches),
+        )  # fmt: skip
+
+    # ---- training ---------------------------------------------------------------------------------------------------
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        picks = self.sampler.picks(self.global_step)
+        if self.cfg["check_rank_sync"]:
+            self._assert_ranks_agree(picks)
+        total, teacher = 0.0, None
+        for pick in picks:
+            logits = self.net(x, pick.arch)
+            ce = task_loss(logits, y)
+            if pick.role == "student" and teacher is not None:
+                kd = distill_loss(logits, teacher, self.cfg["kd_temperature"])
+                loss = self.cfg["kd_weight"] * kd + self.cfg["task_weight"] * ce
+            else:
+                loss = ce
+                if pick.role == "teacher":
+                    teacher = logits.detach()
+                self.log(f"train/ce_{'largest' if pick.role == 'teacher' else 'sampled'}", ce, batch_size=len(y))
+            total = total + loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite training loss ({loss.item()}) at step {self.global_step} for arch {pick.arch.key()}: "
+                    "lower train.lr, keep trainer.gradient_clip_val set, or train in precision=32-true"
+                )
+        self.log("train/loss", total, prog_bar=True, batch_size=len(y))
+        return total
+
+    def _assert_ranks_agree(self, picks: list) -> None:
+        """DDP guard: every rank must train the same archs in the same step."""
+        if self.trainer.world_size < 2:
+            return
+        key = "|".join(p.arch.key() for p in picks)
+        digest = torch.tensor([int.from_bytes(key.encode()[:8].ljust(8, b"\0"), "little") & (2**62 - 1),
+                               len(key), self.global_step], device=self.device)  # fmt: skip
+        gathered = self.all_gather(digest)
+        if not bool((gathered == gathered[0]).all()):
+            raise RuntimeError(f"DDP ranks sampled different archs at step {self.global_step}: {gathered.tolist()}")
+
+    # ---- validation -------------------------------------------------------------------------------------------------
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        for name, arch in self.eval_archs.items():
+            logits = self.net(x, arch)
+            if self.metric == "acc":
+                value = (logits.argmax(-1) == y).float().mean() * 100
+                self.log(f"val/acc/{name}", value, batch_size=len(y), sync_dist=True)
+            else:
+                loss = task_loss(logits, y)
+                self.log(f"val/loss/{name}", loss, batch_size=y.numel(), sync_dist=True)
+                self.log(f"val/bpc/{name}", loss / math.log(2), batch_size=y.numel(), sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        m = self.trainer.callback_metrics
+        vals = [m[f"val/{self.metric}/{n}"] for n in self.eval_archs if f"val/{self.metric}/{n}" in m]
+        if vals:
+            self.log(f"val/{self.metric}/mean", torch.stack([v.float() for v in vals]).mean(), prog_bar=True)
+
+    # ---- optimisation -----------------------------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.net.named_parameters():
+            # Biases, norms, embeddings and position tables are not decayed (standard ViT/GPT practice).
+            (decay if p.dim() == 2 and "table" not in name and "pos" not in name else no_decay).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.cfg["lr"],
+        )
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = int(self.cfg["warmup_fraction"] * total)
+        floor = self.cfg["min_lr_ratio"]
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,157 @@
+"""nas-train: config composition, a real (tiny) training run on digits, resume, DDP, and its error lines."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from supernet import extract_subnet
+from supernet.artifact import load_supernet, read_metadata
+from supernet.sampling import build_sampler
+from supernet.train_cli import CONF_DIR, train
+from supernet.training import SupernetModule
+from tests.conftest import ROOT
+
+FAST = ["experiment=smoke", "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.enable_progress_bar=false",
+        "data.val_subset_size=64"]  # fmt: skip
+
+
+def make_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize(
+    ("experiment", "trainer", "train_group"),
+    list(itertools.product(["null", "smoke", "demo", "lm_demo"], ["cpu", "gpu", "ddp"], ["sandwich", "uniform"])),
+)
+def test_every_config_composes(experiment, trainer, train_group) -> None:
+    chosen = [] if experiment == "null" else [f"experiment={experiment}"]
+    cfg = make_cfg(*chosen, f"trainer={trainer}", f"train={train_group}")
+    assert cfg.data._target_.startswith("supernet.data.")
+    assert cfg.train.sampler == train_group
+    assert set(cfg.space) >= {"depth", "embed_dim", "num_heads", "mlp_ratio", "w_bits", "a_bits"}
+    if experiment == "lm_demo":
+        assert cfg.model.task == "lm" and cfg.data.block_size == cfg.model.block_size
+
+
+@pytest.mark.parametrize("task", ["fashion_mnist", "digits", "shakespeare"])
+@pytest.mark.parametrize("space", ["default", "small"])
+def test_task_and_space_groups_compose(task, space) -> None:
+    cfg = make_cfg(f"task={task}", f"space={space}")
+    assert cfg.model.task == ("lm" if task == "shakespeare" else "image")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("smoke")
+    train(make_cfg(*FAST, "trainer.max_epochs=2"), run)
+    return run
+
+
+def test_run_directory_is_complete_and_self_describing(smoke_run) -> None:
+    for name in ("supernet.safetensors", "metrics.csv", "training_curves.png", "train_summary.json",
+                 "checkpoints/last.ckpt", "checkpoints/best.ckpt"):  # fmt: skip
+        assert (smoke_run / name).is_file(), name
+    summary = json.loads((smoke_run / "train_summary.json").read_text())
+    assert summary["global_step"] == 6
+    assert {"val/acc/largest", "val/acc/smallest", "val/acc/ref1", "val/acc/mean"} <= set(summary["val_metrics"])
+    # The artifact alone rebuilds the supernet; its subnets extract exactly.
+    net, info = load_supernet(smoke_run)
+    assert info["global_step"] == 6
+    x = torch.randn(4, 1, 8, 8)
+    arch = net.space.sample(np.random.default_rng(0))
+    with torch.no_grad():
+        assert (net(x, arch) - extract_subnet(net, arch)(x)).abs().max() <= 1e-5
+    header = (smoke_run / "metrics.csv").read_text().splitlines()[0]
+    assert "val/acc/largest" in header and "train/loss" in header
+
+
+def test_training_learns_on_digits(tmp_path) -> None:
+    """A few epochs on digits: the largest arch clearly beats chance (10 %)."""
+    run = tmp_path / "learn"
+    summary = train(make_cfg(*FAST, "trainer.max_epochs=4", "trainer.limit_train_batches=1.0", "train.lr=3e-3"), run)
+    assert summary["val_metrics"]["val/acc/largest"] > 40.0, summary["val_metrics"]
+
+
+def test_resume_continues_at_the_same_step(tmp_path) -> None:
+    run = tmp_path / "resume"
+    first = train(make_cfg(*FAST), run)
+    assert first["global_step"] == 3
+    second = train(make_cfg(*FAST, "trainer.max_epochs=2"), run)
+    assert second["resumed_from"].endswith("last.ckpt") and second["global_step"] == 6
+    steps = [line.split(",")[0] for line in (run / "metrics.csv").read_text().splitlines()[1:]]
+    assert len(steps) == len(set(steps))  # merged log: one row per step across both attempts
+
+
+def test_resume_refuses_foreign_and_corrupt_checkpoints(tmp_path) -> None:
+    run = tmp_path / "foreign"
+    train(make_cfg(*FAST), run)
+    with pytest.raises(ValueError, match="cannot resume: checkpoint .* was trained with another space config"):
+        train(make_cfg(*FAST, "space.embed_dim=[32,48]"), run)
+    with pytest.raises(ValueError, match="already holds a run; pass resume=true"):
+        train(make_cfg(*FAST, "resume=false"), run)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot resume: checkpoint .* is unreadable"):
+        train(make_cfg(*FAST), run)
+
+
+def test_nan_loss_stops_with_a_clear_message(default_space) -> None:
+    module = SupernetModule(default_space.to_dict(), {"task": "image"}, {})
+    module.sampler = build_sampler("sandwich", module.space)
+    module.log = lambda *a, **k: None
+    with torch.no_grad():
+        module.net.head.fc.bias.fill_(float("nan"))
+    batch = (torch.randn(2, 1, 28, 28), torch.tensor([0, 1]))
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss \(nan\) at step 0 .* lower train.lr"):
+        module.training_step(batch, 0)
+
+
+def _cli(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "supernet.train_cli", *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["task=imagenet"], "Could not find 'task/imagenet'"),
+        (["space.depth=[]"], "space.depth is empty; give at least one choice"),
+        (["space.depth=[2,8]"], r"space.depth choices \[2, 8\] go beyond model.max_depth=6"),
+        (["task=fashion_mnist", "data.data_dir=/nonexistent"], "Fashion-MNIST not found in /nonexistent"),
+        (["model=lm"], "model.task='lm' does not fit the data's task 'image'; use model=vit"),
+    ],
+)
+def test_cli_bad_input_gives_one_clear_line(tmp_path, overrides, message) -> None:
+    res = _cli("experiment=smoke", f"hydra.run.dir={tmp_path / 'run'}", *overrides)
+    assert res.returncode != 0
+    assert re.search(message, res.stderr), res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+
+
+def test_cli_prints_config_with_cfg_job() -> None:
+    res = _cli("experiment=smoke", "--cfg", "job")
+    assert res.returncode == 0 and "sampler: sandwich" in res.stdout and "run_name: smoke" in res.stdout
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_stay_in_sync(tmp_path) -> None:
+    """2 gloo processes: every step's archs are all-gathered and compared (train.check_rank_sync)."""
+    run = tmp_path / "ddp"
+    res = _cli(*FAST, "trainer=ddp", "train.check_rank_sync=true", f"hydra.run.dir={run}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "DDP ranks sampled different archs" not in res.stderr
+    meta = read_metadata(run)
+    assert meta["info"]["global_step"] == 3
+    load_supernet(run)
