@@ -83,7 +83,7 @@ def test_one_bit_is_sign_times_mean() -> None:
 
 def test_two_bit_is_ternary_with_twn_threshold() -> None:
     w = _weight(seed=9)
-    codes, scale = weight_codes(w, 2)
+    codes, _scale = weight_codes(w, 2)
     assert set(codes.unique().tolist()) <= {-1.0, 0.0, 1.0}
     nonzero = w.abs() > 0.7 * w.abs().mean(dim=1, keepdim=True)
     assert torch.equal(codes != 0, nonzero)

@@ -22,8 +22,13 @@ from supernet.train_cli import CONF_DIR, train
 from supernet.training import SupernetModule
 from tests.conftest import ROOT
 
-FAST = ["experiment=smoke", "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.enable_progress_bar=false",
-        "data.val_subset_size=64"]  # fmt: skip
+FAST = [
+    "experiment=smoke",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.enable_progress_bar=false",
+    "data.val_subset_size=64",
+]
 
 
 def make_cfg(*overrides: str):
@@ -97,12 +102,12 @@ def test_resume_continues_at_the_same_step(tmp_path) -> None:
 def test_resume_refuses_foreign_and_corrupt_checkpoints(tmp_path) -> None:
     run = tmp_path / "foreign"
     train(make_cfg(*FAST), run)
-    with pytest.raises(ValueError, match="cannot resume: checkpoint .* was trained with another space config"):
+    with pytest.raises(ValueError, match=r"cannot resume: checkpoint .* was trained with another space config"):
         train(make_cfg(*FAST, "space.embed_dim=[32,48]"), run)
     with pytest.raises(ValueError, match="already holds a run; pass resume=true"):
         train(make_cfg(*FAST, "resume=false"), run)
     (run / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="cannot resume: checkpoint .* is unreadable"):
+    with pytest.raises(ValueError, match=r"cannot resume: checkpoint .* is unreadable"):
         train(make_cfg(*FAST), run)
 
 
