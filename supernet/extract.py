@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import NamedTuple
 
 import torch
 
 from supernet.arch import Arch
 from supernet.model import Supernet
+from supernet.qat import add_weight_quantizers
 from supernet.static import StaticSubnet, build_subnet
 
 
@@ -20,18 +22,22 @@ def _assign(dst: NamedTuple, src: NamedTuple) -> None:
 
 
 @torch.no_grad()
-def extract_subnet(supernet: Supernet, arch: Arch) -> StaticSubnet:
+def extract_subnet(supernet: Supernet, arch: Arch, qat: bool = False) -> StaticSubnet:
     """A plain module for `arch` whose outputs equal `supernet(x, arch)`.
 
     Weights are sliced and quantized by the same functions the supernet's forward uses, then copied, so the result
-    holds no reference to the supernet (changing one never changes the other). It is returned in eval mode, on the
-    supernet's device and dtype.
+    holds no reference to the supernet (changing one never changes the other). With `qat=True` the block weights
+    are copied float and re-quantized on every access (supernet/qat.py), for further quantization-aware training.
+    It is returned in eval mode, on the supernet's device and dtype.
     """
     supernet.space.validate(arch)
     ref = next(supernet.parameters())
     sub = build_subnet(arch, supernet.config).to(device=ref.device, dtype=ref.dtype)
     _assign(sub.stem.weights(), supernet.stem.materialize(arch.embed_dim))
+    float_arch = replace(arch, w_bits=(32,) * arch.depth) if qat else arch
     for i, blk in enumerate(sub.blocks):
-        _assign(blk.weights(), supernet.block_weights(arch, i))
+        _assign(blk.weights(), supernet.block_weights(float_arch, i))
     _assign(sub.head.weights(), supernet.head.materialize(arch.embed_dim))
+    if qat:
+        add_weight_quantizers(sub)
     return sub.eval()

@@ -66,6 +66,16 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
     return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature**2
 
 
+def pick_loss(
+    logits: torch.Tensor, target: torch.Tensor, role: str, teacher: torch.Tensor | None, cfg: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, task loss) of one subnet: students distil from `teacher` plus a weighted task loss."""
+    ce = task_loss(logits, target)
+    if role == "student" and teacher is not None:
+        return cfg["kd_weight"] * distill_loss(logits, teacher, cfg["kd_temperature"]) + cfg["task_weight"] * ce, ce
+    return ce, ce
+
+
 class SupernetModule(L.LightningModule):
     """Trains a supernet with a sampling rule; hyperparameters are plain dicts so checkpoints describe themselves."""
 
@@ -104,21 +114,18 @@ class SupernetModule(L.LightningModule):
         total, teacher = 0.0, None
         for pick in picks:
             logits = self.net(x, pick.arch)
-            ce = task_loss(logits, y)
-            if pick.role == "student" and teacher is not None:
-                kd = distill_loss(logits, teacher, self.cfg["kd_temperature"])
-                loss = self.cfg["kd_weight"] * kd + self.cfg["task_weight"] * ce
-            else:
-                loss = ce
-                if pick.role == "teacher":
-                    teacher = logits.detach()
+            loss, ce = pick_loss(logits, y, pick.role, teacher, self.cfg)
+            if pick.role == "teacher":
+                teacher = logits.detach()
+            if pick.role != "student":
                 self.log(f"train/ce_{'largest' if pick.role == 'teacher' else 'sampled'}", ce, batch_size=len(y))
             total = total + loss
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"non-finite training loss ({loss.item()}) at step {self.global_step} for arch {pick.arch.key()}: "
-                    "lower train.lr, keep trainer.gradient_clip_val set, or train in precision=32-true"
-                )
+        if not torch.isfinite(total):  # one host sync per step, not one per subnet
+            archs = ", ".join(p.arch.key() for p in picks)
+            raise FloatingPointError(
+                f"non-finite training loss ({total.item()}) at step {self.global_step} (archs {archs}): "
+                "lower train.lr, keep trainer.gradient_clip_val set, or train in precision=32-true"
+            )
         self.log("train/loss", total, prog_bar=True, batch_size=len(y))
         return total
 

@@ -123,3 +123,25 @@ def test_training_mode_gradients_flow_through_quantizers(task_net: Supernet) -> 
     assert g[hidden:].abs().sum() == 0 and g[:, embed:].abs().sum() == 0
     assert task_net.blocks[2].ffn.fc1.weight.grad is None or task_net.blocks[2].ffn.fc1.weight.grad.abs().sum() == 0
     task_net.zero_grad(set_to_none=True)
+
+
+def test_qat_extraction_matches_and_trains(task_net: Supernet) -> None:
+    """qat=True keeps float weights behind a quantizer: same outputs, and gradients reach the latent weights."""
+    from supernet.qat import bake_weight_quantizers
+
+    rng = np.random.default_rng(11)
+    x = sample_input(task_net.config, batch=2)
+    for _ in range(20):
+        arch = task_net.space.sample(rng)
+        sub = extract_subnet(task_net, arch, qat=True)
+        with torch.no_grad():
+            assert (sub(x) - task_net(x, arch)).abs().max().item() <= TOL, arch.key()
+    low = _uniform(task_net.space, 2, task_net.space.w_bits[1], 32)
+    sub = extract_subnet(task_net, low, qat=True).train()
+    sub(x).float().pow(2).mean().backward()
+    latent = sub.blocks[0].fc1.parametrizations.weight.original
+    assert latent.grad is not None and latent.grad.abs().sum() > 0
+    baked = bake_weight_quantizers(sub).eval()
+    with torch.no_grad():
+        assert (baked(x) - task_net(x, low)).abs().max().item() <= TOL
+    assert sum(p.numel() for p in baked.parameters()) == arch_costs(low, task_net.config).params
