@@ -7,7 +7,7 @@
 2. GPU (when CUDA is available): bf16 training throughput (tokens/s) of the largest arch run inside the supernet
    ÷ the same arch as a static model, for the image and the LM task. Target ≥ 0.90.
 
-    python bench/train_cost.py [--steps 6] [--repeats 7] [--batch 128] [--skip-cpu] [--gpu-batch 512]
+    python bench/train_cost.py [--steps 6] [--repeats 7] [--batch 128] [--skip-cpu] [--gpu-batch 4096]
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--skip-cpu", action="store_true")
-    ap.add_argument("--gpu-batch", type=int, default=512)
+    ap.add_argument("--gpu-batch", type=int, default=4096)
     args = ap.parse_args()
     print(f"torch {torch.__version__}")
     if not args.skip_cpu:

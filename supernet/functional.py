@@ -132,8 +132,9 @@ def check_tokens(tokens: torch.Tensor, vocab_size: int, block_size: int) -> None
         raise ValueError(f"token ids must have shape (B, T) with T >= 1, got {tuple(tokens.shape)}")
     if tokens.shape[1] > block_size:
         raise ValueError(f"sequence length {tokens.shape[1]} exceeds block_size={block_size}; crop or split it")
-    # Value checks read the data, which tracing (ONNX export) cannot do; shape checks above still run there.
-    if not _tracing() and tokens.numel():
+    # The range check reads the data: tracing (ONNX export) cannot, and on an accelerator it would force a host sync
+    # every forward, so there the embedding's own device-side check reports bad ids instead.
+    if not _tracing() and tokens.device.type == "cpu" and tokens.numel():
         lo, hi = int(tokens.min()), int(tokens.max())
         if lo < 0 or hi >= vocab_size:
             raise ValueError(f"token ids must be in [0, {vocab_size}), got values in [{lo}, {hi}]")

@@ -21,6 +21,8 @@ def slice_linear(
     weight: torch.Tensor, bias: torch.Tensor | None, out_features: int, in_features: int
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """First `out_features` rows and `in_features` columns of a linear layer."""
+    if (out_features, in_features) == tuple(weight.shape):
+        return weight, bias  # full width: no slice op, so no autograd slice node either (cheaper steps)
     w = weight[:out_features, :in_features]
     b = None if bias is None else bias[:out_features]
     return w, b
@@ -28,12 +30,12 @@ def slice_linear(
 
 def slice_vector(v: torch.Tensor, n: int) -> torch.Tensor:
     """First `n` entries of a 1-D parameter (layer norm weight/bias, bias)."""
-    return v[:n]
+    return v if n == v.shape[0] else v[:n]
 
 
 def slice_columns(t: torch.Tensor, n: int) -> torch.Tensor:
     """First `n` entries of the last dim (embedding tables: `(rows, E_max)` -> `(rows, n)`)."""
-    return t[..., :n]
+    return t if n == t.shape[-1] else t[..., :n]
 
 
 def slice_qkv(
@@ -41,6 +43,8 @@ def slice_qkv(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Fused qkv projection for `heads` heads reading `in_features` embedding channels: `(3*h*hd, in)`."""
     max_heads = weight.shape[0] // (3 * head_dim)
+    if heads == max_heads and in_features == weight.shape[1]:
+        return weight, bias
     # (3, H_max, hd, E_max) -> keep h heads and `in` columns -> (3*h*hd, in); a view + one copy, no index tensors.
     w = weight.view(3, max_heads, head_dim, -1)[:, :heads, :, :in_features].reshape(3 * heads * head_dim, in_features)
     b = None
