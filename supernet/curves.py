@@ -28,8 +28,9 @@ def merge_metrics(log_root: Path, out_csv: Path) -> list[dict[str, float]]:
                     epochs[step] = float(row["epoch"])
     keys = sorted({k for _, k in merged})
     steps = sorted({s for s, _ in merged})
-    rows = [{"step": s, "epoch": epochs.get(s, math.nan), **{k: merged.get((s, k), math.nan) for k in keys}}
-            for s in steps]  # fmt: skip
+    rows = [
+        {"step": s, "epoch": epochs.get(s, math.nan), **{k: merged.get((s, k), math.nan) for k in keys}} for s in steps
+    ]
     with out_csv.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["step", "epoch", *keys])
         w.writeheader()

@@ -45,8 +45,14 @@ def restrict(space: SearchSpace, enabled: Sequence[str]) -> SearchSpace:
 class ArchSampler:
     """Base class. Call order: `picks(step)` once per optimizer step, with the global step counter."""
 
-    def __init__(self, space: SearchSpace, seed: int = 0, stages: Sequence[Sequence[str]] | None = None,
-                 stage_ends: Sequence[float] | None = None, total_steps: int = 1) -> None:  # fmt: skip
+    def __init__(
+        self,
+        space: SearchSpace,
+        seed: int = 0,
+        stages: Sequence[Sequence[str]] | None = None,
+        stage_ends: Sequence[float] | None = None,
+        total_steps: int = 1,
+    ) -> None:
         self.space, self.seed = space, seed
         self.stages = [list(s) for s in stages] if stages else None
         if self.stages:

@@ -21,6 +21,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
@@ -64,7 +65,11 @@ def check_checkpoint(path: Path, hparams: dict[str, Any]) -> None:
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train per `cfg` into `run_dir`; returns the summary also written to `train_summary.json`."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm = instantiate(cfg.data)
+    try:
+        dm = instantiate(cfg.data)
+    except InstantiationException as e:
+        cause = e.__cause__ or e
+        raise ValueError(f"cannot build the data module data._target_={cfg.data._target_}: {cause}") from None
     spec = dm.input_spec() if hasattr(dm, "input_spec") else None
     if spec is None:
         raise ValueError(f"data module {cfg.data._target_} has no input_spec(); see README, 'Custom datasets'")
@@ -84,8 +89,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     metric = module.metric
     mode = "max" if metric == "acc" else "min"
-    ckpt_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=f"val/{metric}/mean", mode=mode,
-                              save_last=True, save_top_k=1, enable_version_counter=False)  # fmt: skip
+    ckpt_cb = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best",
+        monitor=f"val/{metric}/mean",
+        mode=mode,
+        save_last=True,
+        save_top_k=1,
+        enable_version_counter=False,
+    )
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         default_root_dir=str(run_dir),

@@ -100,9 +100,14 @@ class SupernetModule(L.LightningModule):
             order = list(prog["order"])
             stages = [order[:k] for k in range(len(order) + 1)]
         self.sampler = build_sampler(
-            self.cfg["sampler"], self.space, num_random=self.cfg["num_random"], seed=self.cfg["seed"],
-            stages=stages, stage_ends=prog.get("stage_ends"), total_steps=int(self.trainer.estimated_stepping_batches),
-        )  # fmt: skip
+            self.cfg["sampler"],
+            self.space,
+            num_random=self.cfg["num_random"],
+            seed=self.cfg["seed"],
+            stages=stages,
+            stage_ends=prog.get("stage_ends"),
+            total_steps=int(self.trainer.estimated_stepping_batches),
+        )
 
     # ---- training ---------------------------------------------------------------------------------------------------
 
@@ -134,8 +139,10 @@ class SupernetModule(L.LightningModule):
         if self.trainer.world_size < 2:
             return
         key = "|".join(p.arch.key() for p in picks)
-        digest = torch.tensor([int.from_bytes(key.encode()[:8].ljust(8, b"\0"), "little") & (2**62 - 1),
-                               len(key), self.global_step], device=self.device)  # fmt: skip
+        digest = torch.tensor(
+            [int.from_bytes(key.encode()[:8].ljust(8, b"\0"), "little") & (2**62 - 1), len(key), self.global_step],
+            device=self.device,
+        )
         gathered = self.all_gather(digest)
         if not bool((gathered == gathered[0]).all()):
             raise RuntimeError(f"DDP ranks sampled different archs at step {self.global_step}: {gathered.tolist()}")
@@ -145,14 +152,8 @@ class SupernetModule(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         for name, arch in self.eval_archs.items():
-            logits = self.net(x, arch)
-            if self.metric == "acc":
-                value = (logits.argmax(-1) == y).float().mean() * 100
-                self.log(f"val/acc/{name}", value, batch_size=len(y), sync_dist=True)
-            else:
-                loss = task_loss(logits, y)
-                self.log(f"val/loss/{name}", loss, batch_size=y.numel(), sync_dist=True)
-                self.log(f"val/bpc/{name}", loss / math.log(2), batch_size=y.numel(), sync_dist=True)
+            for key, value in eval_metrics(self.net(x, arch), y, self.metric).items():
+                self.log(f"val/{key}/{name}", value, batch_size=y.numel(), sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         m = self.trainer.callback_metrics
@@ -163,23 +164,71 @@ class SupernetModule(L.LightningModule):
     # ---- optimisation -----------------------------------------------------------------------------------------------
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, p in self.net.named_parameters():
-            # Biases, norms, embeddings and position tables are not decayed (standard ViT/GPT practice).
-            (decay if p.dim() == 2 and "table" not in name and "pos" not in name else no_decay).append(p)
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.cfg["lr"],
-        )
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = int(self.cfg["warmup_fraction"] * total)
-        floor = self.cfg["min_lr_ratio"]
+        return build_optimizer(self.net, self.cfg, int(self.trainer.estimated_stepping_batches))
 
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+class SubnetModule(L.LightningModule):
+    """Trains one standalone subnet (from scratch or fine-tuning) with the supernet's loss, optimizer and schedule.
+
+    With `teacher` (a callable returning logits) the subnet distils from it like a sandwich student; without, it
+    learns from the labels alone. Validation logs `val/<metric>` like SupernetModule's per-arch entries.
+    """
+
+    def __init__(self, subnet: torch.nn.Module, train: dict, teacher=None) -> None:
+        super().__init__()
+        self.net = subnet
+        self.cfg = {**TRAIN_DEFAULTS, **train}
+        self.teacher = teacher
+        self.metric = "acc" if subnet.config.task == "image" else "loss"
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        teacher = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher = self.teacher(x)
+        loss, _ = pick_loss(self.net(x), y, "student" if teacher is not None else "single", teacher, self.cfg)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        for key, value in eval_metrics(self.net(x), y, self.metric).items():
+            self.log(f"val/{key}", value, batch_size=y.numel(), sync_dist=True, prog_bar=True)
+
+    def configure_optimizers(self):
+        return build_optimizer(self.net, self.cfg, int(self.trainer.estimated_stepping_batches))
+
+
+def eval_metrics(logits: torch.Tensor, target: torch.Tensor, metric: str) -> dict[str, torch.Tensor]:
+    """Accuracy in % for classification; loss and bits per character (byte) for language modelling."""
+    if metric == "acc":
+        return {"acc": (logits.argmax(-1) == target).float().mean() * 100}
+    loss = task_loss(logits, target)
+    return {"loss": loss, "bpc": loss / math.log(2)}
+
+
+def build_optimizer(net: torch.nn.Module, cfg: dict[str, Any], total_steps: int) -> dict[str, Any]:
+    """AdamW (no decay on biases, norms, embeddings) with linear warmup then cosine decay, stepped per batch."""
+    decay, no_decay = [], []
+    for name, p in net.named_parameters():
+        if not p.requires_grad:
+            continue
+        # Biases, norms, embeddings and position tables are not decayed (standard ViT/GPT practice).
+        (decay if p.dim() == 2 and "table" not in name and "pos" not in name else no_decay).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg["lr"],
+    )
+    total = max(total_steps, 1)
+    warmup = int(cfg["warmup_fraction"] * total)
+    floor = cfg["min_lr_ratio"]
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

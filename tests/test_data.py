@@ -81,8 +81,12 @@ def test_fashion_mnist_from_debian_package() -> None:
 def test_fashion_mnist_from_a_directory(tmp_path) -> None:
     """The loader accepts a folder of the same IDX files (here: a small real slice, uncompressed)."""
     src = Path(FASHION_MNIST_DIRS[0])
-    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte"):  # fmt: skip
+    for stem in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         arr = read_idx(src / f"{stem}.gz")[:600]
         _write_idx(tmp_path / stem, np.ascontiguousarray(arr), gz=False)
     dm = FashionMNISTDataModule(data_dir=str(tmp_path), val_size=100)

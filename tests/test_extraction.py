@@ -32,8 +32,14 @@ def _check(net: Supernet, arch: Arch, x: torch.Tensor) -> None:
 
 
 def _uniform(space: SearchSpace, depth: int, w_bits: int, a_bits: int) -> Arch:
-    return Arch(depth, space.embed_dim[-1], (space.num_heads[-1],) * depth, (space.mlp_ratio[-1],) * depth,
-                (w_bits,) * depth, a_bits)  # fmt: skip
+    return Arch(
+        depth,
+        space.embed_dim[-1],
+        (space.num_heads[-1],) * depth,
+        (space.mlp_ratio[-1],) * depth,
+        (w_bits,) * depth,
+        a_bits,
+    )
 
 
 def test_random_archs_match(task_net: Supernet) -> None:

@@ -65,8 +65,14 @@ def smoke_run(tmp_path_factory) -> Path:
 
 
 def test_run_directory_is_complete_and_self_describing(smoke_run) -> None:
-    for name in ("supernet.safetensors", "metrics.csv", "training_curves.png", "train_summary.json",
-                 "checkpoints/last.ckpt", "checkpoints/best.ckpt"):  # fmt: skip
+    for name in (
+        "supernet.safetensors",
+        "metrics.csv",
+        "training_curves.png",
+        "train_summary.json",
+        "checkpoints/last.ckpt",
+        "checkpoints/best.ckpt",
+    ):
         assert (smoke_run / name).is_file(), name
     summary = json.loads((smoke_run / "train_summary.json").read_text())
     assert summary["global_step"] == 6
@@ -136,6 +142,7 @@ def _cli(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.Complet
         (["space.depth=[2,8]"], r"space.depth choices \[2, 8\] go beyond model.max_depth=6"),
         (["task=fashion_mnist", "data.data_dir=/nonexistent"], "Fashion-MNIST not found in /nonexistent"),
         (["model=lm"], "model.task='lm' does not fit the data's task 'image'; use model=vit"),
+        (["data._target_=nowhere.Data"], r"cannot build the data module data._target_=nowhere.Data"),
     ],
 )
 def test_cli_bad_input_gives_one_clear_line(tmp_path, overrides, message) -> None:
@@ -160,3 +167,26 @@ def test_ddp_two_cpu_processes_stay_in_sync(tmp_path) -> None:
     meta = read_metadata(run)
     assert meta["info"]["global_step"] == 3
     load_supernet(run)
+
+
+def test_custom_data_module_plugs_in_through_target(tmp_path) -> None:
+    """A user's DataModule (tests/custom_data.py) decides channels, size and classes of the model."""
+    summary = train(
+        make_cfg(
+            *FAST,
+            "data._target_=tests.custom_data.TinyStripes",
+            "~data.test_size",
+            "~data.val_size",
+            "~data.val_subset_size",
+            "model.patch_size=3",
+        ),
+        tmp_path / "custom",
+    )
+    net, _ = load_supernet(tmp_path / "custom")
+    assert (net.config.in_channels, net.config.image_size, net.config.num_classes) == (2, 12, 3)
+    assert summary["global_step"] == 3
+
+
+def test_progressive_shrinking_run(tmp_path) -> None:
+    summary = train(make_cfg(*FAST, "train.progressive.enabled=true"), tmp_path / "ps")
+    assert summary["global_step"] == 3
