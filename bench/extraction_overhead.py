@@ -20,20 +20,17 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from supernet import ModelConfig, SearchSpace, arch_costs, build_supernet, extract_subnet
+from supernet.costs import spread_by_macs
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def spread_archs(space: SearchSpace, config: ModelConfig, n: int, seed: int = 0) -> list:
-    """`n` archs evenly spaced in MACs over a large random sample, with the smallest and largest at the ends."""
-    rng = np.random.default_rng(seed)
-    pool = sorted((space.sample(rng) for _ in range(4000)), key=lambda a: arch_costs(a, config).macs)
-    picks = [pool[round(q)] for q in np.linspace(0, len(pool) - 1, max(n - 2, 1))]
-    return [space.smallest(), *picks, space.largest()]
+    """The smallest, `n - 2` archs evenly spaced in MACs over a large random sample, and the largest."""
+    return [space.smallest(), *spread_by_macs(space, config, max(n - 2, 1), seed, pool=4000), space.largest()]
 
 
 def time_pair(f_super, f_sub, repeats: int, warmup: int = 3) -> tuple[float, float]:

@@ -22,10 +22,11 @@ import torch
 
 from supernet import ModelConfig, SearchSpace, build_supernet, extract_subnet
 from supernet.sampling import SandwichSampler
-from supernet.training import TRAIN_DEFAULTS, pick_loss
+from supernet.train_config import resolve_train_config
+from supernet.training import pick_loss
 
 ROOT = Path(__file__).resolve().parents[1]
-CFG = dict(TRAIN_DEFAULTS)
+CFG = resolve_train_config()
 
 
 def batch_for(config: ModelConfig, n: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:

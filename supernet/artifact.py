@@ -52,11 +52,19 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not a readable supernet artifact ({e}); re-export it with nas-train") from None
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a supernet artifact (format {meta.get('format')!r}, expected {FORMAT!r})")
-    return {
-        "space": SearchSpace.from_config(json.loads(meta["space"])),
-        "model": ModelConfig.from_config(json.loads(meta["model"])),
-        "info": json.loads(meta.get("info", "{}")),
-    }
+    try:
+        out = {
+            "space": SearchSpace.from_config(json.loads(meta["space"])),
+            "model": ModelConfig.from_config(json.loads(meta["model"])),
+            "info": json.loads(meta.get("info", "{}")),
+        }
+    except KeyError as e:
+        raise ValueError(f"{path} is a damaged supernet artifact: metadata field {e} is missing") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is a damaged supernet artifact: unreadable metadata ({e})") from None
+    if meta.get("space_fingerprint") != out["space"].fingerprint():
+        raise ValueError(f"{path} is a damaged supernet artifact: its space does not match its recorded fingerprint")
+    return out
 
 
 def load_supernet(path: str | Path, space: SearchSpace | None = None) -> tuple[Supernet, dict[str, Any]]:

@@ -16,8 +16,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 from supernet.arch import Arch
 from supernet.config import ModelConfig
+from supernet.space import SearchSpace
 
 FLOAT_BITS = 32
 
@@ -103,3 +106,10 @@ def arch_costs(arch: Arch, config: ModelConfig, seq_len: int | None = None) -> C
     for i in range(arch.depth):
         total = total + layer_costs(arch, i, config, tokens)
     return total
+
+
+def spread_by_macs(space: SearchSpace, config: ModelConfig, n: int, seed: int = 0, pool: int = 512) -> list[Arch]:
+    """`n` archs at evenly spaced MAC quantiles of a seeded random sample (ends included when n >= 2)."""
+    rng = np.random.default_rng([seed, 7])
+    archs = sorted((space.sample(rng) for _ in range(pool)), key=lambda a: arch_costs(a, config).macs)
+    return [archs[round(q * (len(archs) - 1))] for q in np.linspace(0, 1, n)]

@@ -32,7 +32,9 @@ def extract_subnet(supernet: Supernet, arch: Arch, qat: bool = False) -> StaticS
     """
     supernet.space.validate(arch)
     ref = next(supernet.parameters())
-    sub = build_subnet(arch, supernet.config).to(device=ref.device, dtype=ref.dtype)
+    with torch.device("meta"):  # no init work and no draw from the global RNG: every tensor is overwritten below
+        sub = build_subnet(arch, supernet.config)
+    sub = sub.to_empty(device=ref.device).to(dtype=ref.dtype)
     _assign(sub.stem.weights(), supernet.stem.materialize(arch.embed_dim))
     float_arch = replace(arch, w_bits=(32,) * arch.depth) if qat else arch
     for i, blk in enumerate(sub.blocks):

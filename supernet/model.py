@@ -55,14 +55,8 @@ class Supernet(nn.Module):
         self.check_input(x)
         h = self.embed(x, arch)  # (B, T, E)
         for i in range(arch.depth):  # elastic depth: the first `depth` blocks
-            h = fn.block(
-                h,
-                self.block_weights(arch, i),
-                self.config.head_dim,
-                arch.a_bits,
-                self.config.causal,
-                self.config.ln_eps,
-            )
+            blk = self.blocks[i]
+            h = blk(h, arch.num_heads[i], arch.ffn_hidden(i), arch.w_bits[i], arch.a_bits, self.config.causal)
         return self.output(h, arch)
 
 

@@ -23,6 +23,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
@@ -31,9 +32,13 @@ from supernet.artifact import save_supernet
 from supernet.config import ModelConfig
 from supernet.curves import merge_metrics, plot_curves
 from supernet.space import SearchSpace
+from supernet.train_config import register
 from supernet.training import SupernetModule
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+register()  # the `train` group's typed schema, before any config is composed
+# Keys whose change a resume accepts: how to run (devices, precision, limits, epochs), not what is trained.
+RESUMABLE_CHANGES = ("trainer",)
 
 
 def model_config(cfg_model: dict, spec: dict) -> ModelConfig:
@@ -54,12 +59,22 @@ def check_checkpoint(path: Path, hparams: dict[str, Any]) -> None:
             "with another run_name"
         ) from None
     saved = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
-    for part in ("space", "model"):
+    for part in ("space", "model", "train", "data"):
         if saved.get(part) != hparams[part]:
+            diff = _first_difference(saved.get(part), hparams[part])
             raise ValueError(
-                f"cannot resume: checkpoint {path} was trained with another {part} config ({saved.get(part)}); "
-                "choose another run_name or delete that run directory"
+                f"cannot resume: checkpoint {path} was trained with another {part} config ({part}.{diff}); "
+                f"only {', '.join(RESUMABLE_CHANGES)}.* may change on resume: choose another run_name or revert it"
             )
+
+
+def _first_difference(old: Any, new: Any, prefix: str = "") -> str:
+    """Dotted key and both values of the first difference between two nested configs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new), key=str):
+            if old.get(k) != new.get(k):
+                return _first_difference(old.get(k), new.get(k), f"{prefix}{k}.")
+    return f"{prefix.rstrip('.')}: was {old!r}, now {new!r}"
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -76,7 +91,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     space = SearchSpace.from_config(cfg.space)
     mcfg = model_config(OmegaConf.to_container(cfg.model, resolve=True), spec)
     train_cfg = OmegaConf.to_container(cfg.train, resolve=True)
-    module = SupernetModule(space.to_dict(), mcfg.to_dict(), train_cfg)
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    module = SupernetModule(space.to_dict(), mcfg.to_dict(), train_cfg, data=data_cfg)
 
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
@@ -86,6 +102,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             raise ValueError(f"{run_dir} already holds a run; pass resume=true to continue it or another run_name")
         check_checkpoint(last, module.hparams)
         ckpt_path = str(last)
+    # Written only now: a refused run must not overwrite the config of the run it was refused for.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     metric = module.metric
     mode = "max" if metric == "acc" else "min"
@@ -98,14 +117,20 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         save_top_k=1,
         enable_version_counter=False,
     )
-    trainer = L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
-        default_root_dir=str(run_dir),
-        logger=CSVLogger(str(run_dir), name="logs"),
-        callbacks=[ckpt_cb],
-    )
+    try:
+        trainer = L.Trainer(
+            **OmegaConf.to_container(cfg.trainer, resolve=True),
+            default_root_dir=str(run_dir),
+            logger=CSVLogger(str(run_dir), name="logs"),
+            callbacks=[ckpt_cb],
+        )
+    except (TypeError, MisconfigurationException) as e:
+        raise ValueError(f"bad trainer config: {e}") from None
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    except MisconfigurationException as e:
+        raise ValueError(f"bad trainer or data config: {e}") from None
     elapsed = time.perf_counter() - t0
 
     summary: dict[str, Any] = {}
@@ -124,6 +149,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "best_checkpoint": ckpt_cb.best_model_path,
             "best_score": float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None else None,
             "reference_archs": {k: a.key() for k, a in module.eval_archs.items()},
+            # What later stages need to rebuild the evaluation data exactly (split, preprocessing).
+            "data": {"config": data_cfg, "preprocessing": getattr(dm, "preprocessing", dict)()},
             "val_metrics": metrics,
         }
         save_supernet(run_dir, module.net, info=summary)
@@ -137,14 +164,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     try:
         summary = train(cfg, run_dir)
     except (ValueError, FloatingPointError) as e:
         print(f"nas-train: error: {e}", file=sys.stderr)
         sys.exit(2)
     if summary:
-        vals = ", ".join(f"{k.split('/')[-1]}={v:.2f}" for k, v in sorted(summary["val_metrics"].items()))
+        vals = ", ".join(f"{k.removeprefix('val/')}={v:.2f}" for k, v in sorted(summary["val_metrics"].items()))
         print(f"nas-train: {summary['global_step']} steps; validation {vals}")
         print(f"nas-train: supernet artifact at {run_dir / 'supernet.safetensors'}")
 

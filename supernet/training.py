@@ -12,45 +12,28 @@ the space by MACs, plus their mean (the checkpoint monitor), so the log shows th
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from supernet.arch import Arch
 from supernet.config import ModelConfig
-from supernet.costs import arch_costs
+from supernet.costs import spread_by_macs
 from supernet.model import build_supernet
-from supernet.sampling import DIMENSIONS, build_sampler
+from supernet.sampling import build_sampler
 from supernet.space import SearchSpace
-
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "sampler": "sandwich",
-    "num_random": 2,
-    "kd_temperature": 1.0,
-    "kd_weight": 1.0,
-    "task_weight": 0.5,
-    "lr": 2e-3,
-    "weight_decay": 0.05,
-    "warmup_fraction": 0.05,
-    "min_lr_ratio": 0.01,
-    "reference_archs": 3,
-    "progressive": {"enabled": False, "order": list(DIMENSIONS), "stage_ends": None},
-    "check_rank_sync": False,
-    "seed": 0,
-}
+from supernet.train_config import resolve_train_config
 
 
 def reference_archs(space: SearchSpace, config: ModelConfig, n: int, seed: int = 0) -> dict[str, Arch]:
-    """largest, smallest and `n` archs at evenly spaced MAC quantiles of a seeded random sample."""
-    rng = np.random.default_rng([seed, 7])
-    pool = sorted((space.sample(rng) for _ in range(512)), key=lambda a: arch_costs(a, config).macs)
+    """largest, smallest and `n` archs at evenly spaced inner MAC quantiles of a seeded random sample."""
     out = {"largest": space.largest(), "smallest": space.smallest()}
-    for k, q in enumerate(np.linspace(0, 1, n + 2)[1:-1]):
-        out[f"ref{k + 1}"] = pool[round(q * (len(pool) - 1))]
+    inner = spread_by_macs(space, config, n + 2, seed)[1:-1] if n else []
+    out.update({f"ref{k + 1}": a for k, a in enumerate(inner)})
     return out
 
 
@@ -79,10 +62,11 @@ def pick_loss(
 class SupernetModule(L.LightningModule):
     """Trains a supernet with a sampling rule; hyperparameters are plain dicts so checkpoints describe themselves."""
 
-    def __init__(self, space: dict, model: dict, train: dict) -> None:
+    def __init__(self, space: dict, model: dict, train: dict, data: dict | None = None) -> None:
         super().__init__()
-        train = {**TRAIN_DEFAULTS, **train}
-        self.save_hyperparameters({"space": space, "model": model, "train": train})
+        train = resolve_train_config(train)
+        # `data` is recorded (not used) so a resume can refuse a changed data config.
+        self.save_hyperparameters({"space": space, "model": model, "train": train, "data": data or {}})
         self.space = SearchSpace.from_config(space)
         self.model_config = ModelConfig.from_config(model)
         self.cfg = train
@@ -125,7 +109,11 @@ class SupernetModule(L.LightningModule):
             if pick.role != "student":
                 self.log(f"train/ce_{'largest' if pick.role == 'teacher' else 'sampled'}", ce, batch_size=len(y))
             total = total + loss
-        if not torch.isfinite(total):  # one host sync per step, not one per subnet
+        # One host sync per step (not per subnet); under DDP all ranks agree, so they all stop instead of one hanging.
+        bad = not bool(torch.isfinite(total))
+        if self._trainer is not None:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
             archs = ", ".join(p.arch.key() for p in picks)
             raise FloatingPointError(
                 f"non-finite training loss ({total.item()}) at step {self.global_step} (archs {archs}): "
@@ -139,10 +127,8 @@ class SupernetModule(L.LightningModule):
         if self.trainer.world_size < 2:
             return
         key = "|".join(p.arch.key() for p in picks)
-        digest = torch.tensor(
-            [int.from_bytes(key.encode()[:8].ljust(8, b"\0"), "little") & (2**62 - 1), len(key), self.global_step],
-            device=self.device,
-        )
+        h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") & (2**62 - 1)
+        digest = torch.tensor([h, self.global_step], device=self.device)
         gathered = self.all_gather(digest)
         if not bool((gathered == gathered[0]).all()):
             raise RuntimeError(f"DDP ranks sampled different archs at step {self.global_step}: {gathered.tolist()}")
@@ -177,16 +163,16 @@ class SubnetModule(L.LightningModule):
     def __init__(self, subnet: torch.nn.Module, train: dict, teacher=None) -> None:
         super().__init__()
         self.net = subnet
-        self.cfg = {**TRAIN_DEFAULTS, **train}
-        self.teacher = teacher
+        self.cfg = resolve_train_config(train)
+        self._teacher = [teacher]  # in a list: a teacher module must not become a trained/checkpointed submodule
         self.metric = "acc" if subnet.config.task == "image" else "loss"
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
         teacher = None
-        if self.teacher is not None:
+        if self._teacher[0] is not None:
             with torch.no_grad():
-                teacher = self.teacher(x)
+                teacher = self._teacher[0](x)
         loss, _ = pick_loss(self.net(x), y, "student" if teacher is not None else "single", teacher, self.cfg)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(y))
         return loss

@@ -110,8 +110,14 @@ def test_resume_refuses_foreign_and_corrupt_checkpoints(tmp_path) -> None:
     train(make_cfg(*FAST), run)
     with pytest.raises(ValueError, match=r"cannot resume: checkpoint .* was trained with another space config"):
         train(make_cfg(*FAST, "space.embed_dim=[32,48]"), run)
+    with pytest.raises(ValueError, match=r"another train config \(train.lr: was 0.002, now 0.5\)"):
+        train(make_cfg(*FAST, "train.lr=0.5"), run)
+    with pytest.raises(ValueError, match=r"another data config \(data.split_seed: was 0, now 3\)"):
+        train(make_cfg(*FAST, "data.split_seed=3"), run)
+    config_before = (run / "config.yaml").read_text()
     with pytest.raises(ValueError, match="already holds a run; pass resume=true"):
         train(make_cfg(*FAST, "resume=false"), run)
+    assert (run / "config.yaml").read_text() == config_before  # a refused run leaves the run's record alone
     (run / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=r"cannot resume: checkpoint .* is unreadable"):
         train(make_cfg(*FAST), run)
@@ -143,6 +149,10 @@ def _cli(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.Complet
         (["task=fashion_mnist", "data.data_dir=/nonexistent"], "Fashion-MNIST not found in /nonexistent"),
         (["model=lm"], "model.task='lm' does not fit the data's task 'image'; use model=vit"),
         (["data._target_=nowhere.Data"], r"cannot build the data module data._target_=nowhere.Data"),
+        (["train.lr=abc"], r"Value 'abc' of type 'str' could not be converted to Float"),
+        (["+train.kd_temprature=4"], r"Key 'kd_temprature' not in 'TrainConfig'"),
+        (["train.sampler=greedy"], r"train.sampler='greedy' is not one of \['sandwich', 'uniform'\]"),
+        (["trainer.max_epochs=abc"], r"Value .abc. of type .str. could not be converted to Integer"),
     ],
 )
 def test_cli_bad_input_gives_one_clear_line(tmp_path, overrides, message) -> None:

@@ -6,10 +6,21 @@ A data module for `nas-train` is a `lightning.LightningDataModule` that also pro
   `num_classes` for images, or `vocab_size` for language modelling);
 * `val_subset_dataloader()`: a fixed, seeded subset of the validation split used to evaluate many subnets quickly.
 
+`TaskDataModule` (supernet/data/base.py) provides the loaders, the subset and resumable shuffling; subclass it, or
+`ImageArrayDataModule` for in-memory images.
+
 Plug in your own with a config whose `data._target_` names your class (see README, "Custom datasets").
 """
 
+from supernet.data.base import EpochShuffleSampler, TaskDataModule
 from supernet.data.images import DigitsDataModule, FashionMNISTDataModule, ImageArrayDataModule
 from supernet.data.text import ShakespeareDataModule
 
-__all__ = ["DigitsDataModule", "FashionMNISTDataModule", "ImageArrayDataModule", "ShakespeareDataModule"]
+__all__ = [
+    "DigitsDataModule",
+    "EpochShuffleSampler",
+    "FashionMNISTDataModule",
+    "ImageArrayDataModule",
+    "ShakespeareDataModule",
+    "TaskDataModule",
+]

@@ -1,21 +1,21 @@
 """Image classification data: Fashion-MNIST (default) and scikit-learn's digits (zero-setup, for tests).
 
-Splits are fixed by `seed`: the validation split is carved out of the training set, the test split is the
-dataset's own (Fashion-MNIST) or a seeded hold-out (digits). `val_subset_dataloader()` is a fixed subset of the
-validation split for fast evaluation of many subnets. Inputs are normalised with the training split's statistics.
+Splits are fixed by `split_seed` (independent of the training `seed`): the validation split is carved out of the
+training set, the test split is the dataset's own (Fashion-MNIST) or a seeded hold-out (digits).
+`val_subset_dataloader()` is a fixed subset of the validation split for fast evaluation of many subnets. Inputs are
+normalised with the training split's statistics, which `preprocessing()` reports for the artifact.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
+from supernet.data.base import TaskDataModule
 from supernet.data.idx import read_idx
-from supernet.data.loaders import seeded_loader
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)  # Debian package dataset-fashion-mnist
 FASHION_MNIST_FILES = {
@@ -26,7 +26,7 @@ FASHION_MNIST_FILES = {
 }
 
 
-class ImageArrayDataModule(L.LightningDataModule):
+class ImageArrayDataModule(TaskDataModule):
     """Classification data held in memory as arrays. Subclasses implement `load_arrays()`."""
 
     def __init__(
@@ -38,13 +38,14 @@ class ImageArrayDataModule(L.LightningDataModule):
         eval_batch_size: int = 512,
         num_workers: int = 0,
         seed: int = 0,
+        split_seed: int = 0,
     ) -> None:
-        super().__init__()
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.val_size, self.train_subset, self.val_subset_size = val_size, train_subset, val_subset_size
-        self.num_workers, self.seed = num_workers, seed
-        self.train = self.val = self.test = None
+        super().__init__(batch_size, eval_batch_size, val_subset_size, num_workers, seed, split_seed)
+        if train_subset is not None and train_subset < 1:
+            raise ValueError(f"data.train_subset={train_subset} must be a positive count or null")
+        self.val_size, self.train_subset = val_size, train_subset
         self._spec: dict | None = None
+        self._norm: dict | None = None
 
     def load_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(train_x (N, C, H, W) or (N, H, W), train_y, test_x, test_y), any numeric dtype."""
@@ -57,7 +58,7 @@ class ImageArrayDataModule(L.LightningDataModule):
         train_x, test_x = (a[:, None] if a.ndim == 3 else a for a in (train_x, test_x))
         if self.val_size >= len(train_x):
             raise ValueError(f"data.val_size={self.val_size} must be smaller than the {len(train_x)} training images")
-        perm = np.random.default_rng(self.seed).permutation(len(train_x))
+        perm = np.random.default_rng(self.split_seed).permutation(len(train_x))
         val_idx, train_idx = perm[: self.val_size], perm[self.val_size :]
         if self.train_subset is not None:
             train_idx = train_idx[: self.train_subset]
@@ -65,6 +66,7 @@ class ImageArrayDataModule(L.LightningDataModule):
         # Per-channel statistics of the training split only, so validation/test never leak into preprocessing.
         mean = x.mean(axis=(0, 2, 3), keepdims=True)
         std = x.std(axis=(0, 2, 3), keepdims=True) + 1e-6
+        self._norm = {"normalize_mean": mean.ravel().tolist(), "normalize_std": std.ravel().tolist()}
 
         def tensors(xs: np.ndarray, ys: np.ndarray) -> TensorDataset:
             xs = (xs.astype(np.float32) - mean) / std
@@ -86,22 +88,10 @@ class ImageArrayDataModule(L.LightningDataModule):
         assert self._spec is not None
         return dict(self._spec)
 
-    def _loader(self, ds, batch_size: int, shuffle: bool) -> DataLoader:
-        return seeded_loader(ds, batch_size, shuffle, self.seed, self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train, self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val, self.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test, self.eval_batch_size, shuffle=False)
-
-    def val_subset_dataloader(self) -> DataLoader:
-        """The first `val_subset_size` validation examples (the split is already a seeded shuffle)."""
-        n = min(self.val_subset_size, len(self.val))
-        return self._loader(torch.utils.data.Subset(self.val, range(n)), self.eval_batch_size, shuffle=False)
+    def preprocessing(self) -> dict:
+        """Per-channel mean/std (of the training split) applied to raw pixel values."""
+        self.setup()
+        return dict(self._norm or {})
 
 
 class FashionMNISTDataModule(ImageArrayDataModule):
@@ -141,6 +131,6 @@ class DigitsDataModule(ImageArrayDataModule):
 
         d = load_digits()
         x, y = d.images.astype(np.float32), d.target
-        perm = np.random.default_rng(self.seed + 1).permutation(len(x))
+        perm = np.random.default_rng([self.split_seed, 1]).permutation(len(x))
         test, train = perm[: self.test_size], perm[self.test_size :]
         return x[train], y[train], x[test], y[test]

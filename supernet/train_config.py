@@ -1,0 +1,91 @@
+"""Typed schema of the `train` config group (Hydra structured config): wrong types and unknown keys fail at once."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from supernet.sampling import DIMENSIONS, SAMPLERS
+
+
+@dataclass
+class ProgressiveConfig:
+    """OFA-style progressive shrinking: stage k enables the first k dimensions of `order`."""
+
+    enabled: bool = False
+    order: list[str] = field(default_factory=lambda: list(DIMENSIONS))
+    stage_ends: list[float] | None = None  # fractions of training where stages end (default: equal stages)
+
+
+@dataclass
+class TrainConfig:
+    """How a supernet (or a standalone subnet) is trained."""
+
+    sampler: str = "sandwich"  # sandwich | uniform
+    num_random: int = 2  # random archs per sandwich step besides the largest and the smallest
+    kd_temperature: float = 1.0
+    kd_weight: float = 1.0  # students: kd_weight × KL(largest ‖ student) + task_weight × task loss
+    task_weight: float = 0.5
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.05  # linear warmup, then cosine to min_lr_ratio × lr
+    min_lr_ratio: float = 0.01
+    reference_archs: int = 3  # validation also reports this many fixed archs spread over the space by MACs
+    progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
+    check_rank_sync: bool = False  # DDP: all-gather each step's archs and fail if ranks disagree
+    seed: int = 0
+
+
+@dataclass
+class TrainerConfig:
+    """The `lightning.Trainer` arguments the `trainer` group may set (typed, so `max_epochs=abc` fails at once)."""
+
+    accelerator: str = "cpu"
+    devices: Any = 1  # int, list of ids, or "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"  # e.g. bf16-mixed on GPU
+    max_epochs: int = 10
+    max_steps: int = -1
+    gradient_clip_val: float | None = 1.0
+    accumulate_grad_batches: int = 1
+    limit_train_batches: Any = 1.0  # float: fraction of the epoch; int: number of batches
+    limit_val_batches: Any = 1.0
+    val_check_interval: Any = None
+    check_val_every_n_epoch: int = 1
+    log_every_n_steps: int = 10
+    enable_progress_bar: bool = True
+    deterministic: Any = None
+
+
+def register() -> None:
+    """Make `defaults: [schema, ...]` in conf/train/ and conf/trainer/ validate against the dataclasses above."""
+    ConfigStore.instance().store(group="train", name="schema", node=TrainConfig)
+    ConfigStore.instance().store(group="trainer", name="schema", node=TrainerConfig)
+
+
+def resolve_train_config(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A plain dict of TrainConfig defaults overridden by `cfg`; one ValueError for an unknown key or bad value."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg or {})
+    except OmegaConfBaseException as e:
+        raise ValueError(f"bad train config: {str(e).splitlines()[0]}") from None
+    out: dict[str, Any] = OmegaConf.to_container(merged, resolve=True)  # type: ignore[assignment]
+    checks = [
+        (out["sampler"] in SAMPLERS, f"train.sampler={out['sampler']!r} is not one of {sorted(SAMPLERS)}"),
+        (out["num_random"] >= 0, f"train.num_random={out['num_random']} must be >= 0"),
+        (out["kd_temperature"] > 0, f"train.kd_temperature={out['kd_temperature']} must be > 0"),
+        (out["lr"] > 0, f"train.lr={out['lr']} must be > 0"),
+        (0 <= out["warmup_fraction"] < 1, f"train.warmup_fraction={out['warmup_fraction']} must be in [0, 1)"),
+        (0 <= out["min_lr_ratio"] <= 1, f"train.min_lr_ratio={out['min_lr_ratio']} must be in [0, 1]"),
+        (out["reference_archs"] >= 0, f"train.reference_archs={out['reference_archs']} must be >= 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    return out
