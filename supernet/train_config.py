@@ -31,6 +31,7 @@ class TrainConfig:
     kd_temperature: float = 1.0
     kd_weight: float = 1.0  # students: kd_weight × KL(largest ‖ student) + task_weight × task loss
     task_weight: float = 0.5
+    student_reduction: str = "mean"  # mean | sum: how the students' losses combine before adding the teacher's
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_fraction: float = 0.05  # linear warmup, then cosine to min_lr_ratio × lr
@@ -78,6 +79,10 @@ def resolve_train_config(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]
     out: dict[str, Any] = OmegaConf.to_container(merged, resolve=True)  # type: ignore[assignment]
     checks = [
         (out["sampler"] in SAMPLERS, f"train.sampler={out['sampler']!r} is not one of {sorted(SAMPLERS)}"),
+        (
+            out["student_reduction"] in ("sum", "mean"),
+            f"train.student_reduction={out['student_reduction']!r} is not one of ['mean', 'sum']",
+        ),
         (out["num_random"] >= 0, f"train.num_random={out['num_random']} must be >= 0"),
         (out["kd_temperature"] > 0, f"train.kd_temperature={out['kd_temperature']} must be > 0"),
         (out["lr"] > 0, f"train.lr={out['lr']} must be > 0"),

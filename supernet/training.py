@@ -101,9 +101,14 @@ class SupernetModule(L.LightningModule):
         if self.cfg["check_rank_sync"]:
             self._assert_ranks_agree(picks)
         total, teacher = 0.0, None
+        n_students = sum(p.role == "student" for p in picks)
+        # "mean": the students together weigh as much as the teacher; "sum": each weighs as much (BigNAS).
+        student_scale = 1.0 / max(n_students, 1) if self.cfg["student_reduction"] == "mean" else 1.0
         for pick in picks:
             logits = self.net(x, pick.arch)
             loss, ce = pick_loss(logits, y, pick.role, teacher, self.cfg)
+            if pick.role == "student":
+                loss = loss * student_scale
             if pick.role == "teacher":
                 teacher = logits.detach()
             if pick.role != "student":

@@ -200,3 +200,24 @@ def test_custom_data_module_plugs_in_through_target(tmp_path) -> None:
 def test_progressive_shrinking_run(tmp_path) -> None:
     summary = train(make_cfg(*FAST, "train.progressive.enabled=true"), tmp_path / "ps")
     assert summary["global_step"] == 3
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_sandwich_loss_combines_teacher_and_students(default_space, reduction) -> None:
+    """total = CE(largest) + scale × Σ_students [kd_weight·KL + task_weight·CE], scale = 1/n (mean) or 1 (sum)."""
+    from supernet.training import distill_loss, task_loss
+
+    module = SupernetModule(default_space.to_dict(), {"task": "image"}, {"student_reduction": reduction})
+    module.sampler = build_sampler("sandwich", module.space, num_random=2, seed=3)
+    module.log = lambda *a, **k: None
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        total = module.training_step((x, y), 0)
+        picks = module.sampler.picks(0)
+        teacher = module.net(x, picks[0].arch)
+        students = [module.net(x, p.arch) for p in picks[1:]]
+        want = task_loss(teacher, y)
+        scale = 1 / len(students) if reduction == "mean" else 1.0
+        for s in students:
+            want = want + scale * (distill_loss(s, teacher, 1.0) + 0.5 * task_loss(s, y))
+    torch.testing.assert_close(total, want)
