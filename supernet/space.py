@@ -15,9 +15,10 @@ arch; `encode` writes 0 there, which makes `encode(decode(g))` the canonical rep
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,16 @@ class SearchSpace:
         """Exact number of distinct archs (Python int: the default space exceeds 2**32)."""
         per_layer = len(self.num_heads) * len(self.mlp_ratio) * len(self.w_bits)
         return len(self.embed_dim) * len(self.a_bits) * sum(per_layer**d for d in self.depth)
+
+    def all_archs(self, limit: int = 1_000_000) -> Iterator[Arch]:
+        """Every arch of the space, each once (for exhaustive ground truth on small spaces)."""
+        if self.size() > limit:
+            raise ValueError(f"space '{self.name}' has {self.size()} archs, more than limit={limit} to enumerate")
+        layer_choices = list(itertools.product(self.num_heads, self.mlp_ratio, self.w_bits))
+        for d, e, a in itertools.product(self.depth, self.embed_dim, self.a_bits):
+            for layers in itertools.product(layer_choices, repeat=d):
+                h, r, w = zip(*layers, strict=True)
+                yield Arch(d, e, h, r, w, a)
 
     # ---- sampling and validation ------------------------------------------------------------------------------------
 

@@ -1,0 +1,91 @@
+"""The measurements table: one CSV row per measured arch, named columns, keyed by the canonical arch key.
+
+It is also the cache: an arch whose key is in the table is never measured again, so an interrupted measurement
+resumes where it stopped. Each row is written and flushed on its own. On load, a table written with other columns,
+a duplicated key or an unparsable row is reported as corrupt (never silently overwritten); only a last line cut
+short by an interruption is dropped, since that arch was never finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+class MeasurementTable:
+    """Append-only CSV of measurements with a fixed header."""
+
+    def __init__(self, path: str | Path, columns: Sequence[str]) -> None:
+        if "key" not in columns:
+            raise ValueError("a measurement table needs a 'key' column")
+        self.path = Path(path)
+        self.columns = list(columns)
+        self.rows: dict[str, dict[str, str]] = {}
+        self.dropped_partial_line = False
+        if self.path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        text = self.path.read_text()
+        if not text:
+            return
+        lines = text.splitlines(keepends=True)
+        if not lines[-1].endswith("\n"):  # the write of the last row was interrupted: that arch is re-measured
+            lines = lines[:-1]
+            self.dropped_partial_line = True
+        reader = csv.reader(io.StringIO("".join(lines)))
+        header = next(reader, None)
+        if header != self.columns:
+            raise ValueError(
+                f"{self.path} was written with other columns ({header}); it is kept as is: move it away to "
+                "measure again, or use the settings that wrote it"
+            )
+        for lineno, values in enumerate(reader, start=2):
+            if len(values) != len(self.columns) or not values[0]:
+                raise ValueError(f"{self.path} is corrupt at line {lineno}: expected {len(self.columns)} fields")
+            row = dict(zip(self.columns, values, strict=True))
+            if row["key"] in self.rows:
+                raise ValueError(f"{self.path} is corrupt at line {lineno}: arch {row['key']} appears twice")
+            self.rows[row["key"]] = row
+        if self.dropped_partial_line:
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(self.columns)
+            w.writerows([r[c] for c in self.columns] for r in self.rows.values())
+        tmp.replace(self.path)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Write one measured arch (all columns required) and flush it to disk."""
+        missing = set(self.columns) - set(row)
+        if missing:
+            raise ValueError(f"measurement row lacks column(s) {sorted(missing)}")
+        if row["key"] in self.rows:
+            raise ValueError(f"arch {row['key']} is already in {self.path}")
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(self.columns)
+            w.writerow([row[c] for c in self.columns])
+            f.flush()
+            os.fsync(f.fileno())
+        self.rows[row["key"]] = {c: str(row[c]) for c in self.columns}
+
+    def column(self, name: str) -> list[float]:
+        """A numeric column, in table order."""
+        return [float(r[name]) for r in self.rows.values()]

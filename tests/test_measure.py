@@ -1,0 +1,114 @@
+"""Measurement of subnets: candidates, metrics on real data, the resumable measurements table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from predictors.measure import (
+    LatencyConfig,
+    candidate_archs,
+    check_device,
+    evaluate,
+    fixed_batches,
+    latency,
+    measure_arch,
+)
+from predictors.table import MeasurementTable
+from supernet import ModelConfig, build_supernet, extract_subnet
+from supernet.data import DigitsDataModule
+
+COLUMNS = ["key", "accuracy", "latency_ms"]
+
+
+def test_candidates_are_distinct_and_include_the_extremes(default_space, small_space) -> None:
+    archs = candidate_archs(default_space, 60, seed=0)
+    assert len(archs) == 60 == len({a.key() for a in archs})
+    assert archs[0] == default_space.largest() and archs[1] == default_space.smallest()
+    assert archs == candidate_archs(default_space, 60, seed=0)
+    # Space-filling: every depth and every embed width is represented.
+    assert {a.depth for a in archs} == set(default_space.depth)
+    assert {a.embed_dim for a in archs} == set(default_space.embed_dim)
+    # Asking for more than the space holds gives the whole space, each arch once.
+    everything = candidate_archs(small_space, 5000, seed=1)
+    assert len(everything) == small_space.size() == len({a.key() for a in everything})
+    with pytest.raises(ValueError, match="must be >= 1"):
+        candidate_archs(default_space, 0)
+
+
+def test_table_resumes_and_never_duplicates(tmp_path) -> None:
+    path = tmp_path / "m.csv"
+    t = MeasurementTable(path, COLUMNS)
+    t.append({"key": "a", "accuracy": 90.5, "latency_ms": 1.25})
+    t.append({"key": "b", "accuracy": 80.0, "latency_ms": 0.5})
+    again = MeasurementTable(path, COLUMNS)
+    assert len(again) == 2 and "a" in again and again.column("accuracy") == [90.5, 80.0]
+    with pytest.raises(ValueError, match="already in"):
+        again.append({"key": "a", "accuracy": 1, "latency_ms": 1})
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['latency_ms'\]"):
+        again.append({"key": "c", "accuracy": 1})
+
+
+def test_interrupted_last_row_is_dropped_and_remeasured(tmp_path) -> None:
+    path = tmp_path / "m.csv"
+    t = MeasurementTable(path, COLUMNS)
+    t.append({"key": "a", "accuracy": 90.5, "latency_ms": 1.25})
+    with path.open("a") as f:
+        f.write("b,80.0,0.")  # the process died mid-write
+    again = MeasurementTable(path, COLUMNS)
+    assert again.dropped_partial_line and list(again.rows) == ["a"]
+    again.append({"key": "b", "accuracy": 80.0, "latency_ms": 0.5})
+    assert MeasurementTable(path, COLUMNS).column("latency_ms") == [1.25, 0.5]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("key,acc\na,1\n", "was written with other columns"),
+        ("key,accuracy,latency_ms\na,1\n", "corrupt at line 2"),
+        ("key,accuracy,latency_ms\na,1,2\na,3,4\n", "arch a appears twice"),
+    ],
+)
+def test_corrupt_table_is_detected_not_overwritten(tmp_path, content, message) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        MeasurementTable(path, COLUMNS)
+    assert path.read_text() == content
+
+
+def test_cuda_on_a_cpu_machine_is_a_clear_error() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="no CUDA device is available here; use device=cpu"):
+        check_device("cuda")
+    with pytest.raises(ValueError, match="not supported"):
+        check_device("tpu")
+
+
+def test_measure_arch_on_real_digits(default_space) -> None:
+    config = ModelConfig(task="image", image_size=8, patch_size=2)
+    torch.manual_seed(0)
+    net = build_supernet(default_space, config).eval()
+    dm = DigitsDataModule(val_subset_size=100)
+    dm.setup()
+    batches = fixed_batches(dm.val_subset_dataloader())
+    arch = default_space.sample(np.random.default_rng(0))
+    row = measure_arch(net, arch, batches, batches[0][0][:1], LatencyConfig(repeats=5, warmup=1))
+    assert 0 <= row["accuracy"] <= 100 and row["latency_ms"] > 0 and row["latency_cv"] >= 0
+    assert row["params"] == sum(p.numel() for p in extract_subnet(net, arch).parameters())
+    # The metric is the extracted module's accuracy, i.e. the supernet's at that arch.
+    with torch.no_grad():
+        direct = sum(int((net(x, arch).argmax(-1) == y).sum()) for x, y in batches) / 100 * 100
+    assert row["accuracy"] == pytest.approx(direct)
+
+
+def test_lm_metrics_are_loss_and_bits_per_byte(default_space) -> None:
+    config = ModelConfig(task="lm", vocab_size=256, block_size=16)
+    net = build_supernet(default_space, config).eval()
+    x = torch.randint(0, 256, (4, 16))
+    m = evaluate(extract_subnet(net, default_space.smallest()), [(x, x)], "lm")
+    assert m["bpc"] == pytest.approx(m["loss"] / np.log(2))
+    lat = latency(extract_subnet(net, default_space.smallest()), x[:1], LatencyConfig(repeats=3, warmup=1))
+    assert lat["latency_ms"] > 0
