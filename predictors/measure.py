@@ -63,19 +63,18 @@ def candidate_archs(space: SearchSpace, n: int, seed: int = 0) -> list[Arch]:
     out: dict[str, Arch] = {}
     for a in (space.largest(), space.smallest()):
         out.setdefault(a.key(), a)
-    sampler = qmc.LatinHypercube(d=space.n_genes, seed=seed)
-    limit = n
-    for _ in range(100):  # each round adds a fresh LHS batch; dedupe by canonical key
-        if len(out) >= limit:
+    # Fixed-size LHS rounds seeded by (seed, round): the first n candidates never depend on n, so asking for
+    # more archs later extends the measured set instead of replacing it.
+    for r in range(10_000):
+        if len(out) >= n:
             break
-        u = sampler.random(max(2 * (limit - len(out)), 8))
-        genes = np.minimum(xl + np.floor(u * (xu - xl + 1)), xu).astype(np.int64)
-        for g in genes:
+        u = qmc.LatinHypercube(d=space.n_genes, seed=np.random.default_rng([seed, r])).random(64)
+        for g in np.minimum(xl + np.floor(u * (xu - xl + 1)), xu).astype(np.int64):
             a = space.decode(g)
             out.setdefault(a.key(), a)
-            if len(out) >= limit:
+            if len(out) >= n:
                 break
-    return list(out.values())[:limit]
+    return list(out.values())[:n]
 
 
 @torch.inference_mode()

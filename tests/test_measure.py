@@ -27,6 +27,9 @@ def test_candidates_are_distinct_and_include_the_extremes(default_space, small_s
     assert len(archs) == 60 == len({a.key() for a in archs})
     assert archs[0] == default_space.largest() and archs[1] == default_space.smallest()
     assert archs == candidate_archs(default_space, 60, seed=0)
+    # Asking for more later extends the set (so the measurement cache is reused), it never reshuffles it.
+    assert candidate_archs(default_space, 130, seed=0)[:60] == archs
+    assert candidate_archs(default_space, 1, seed=0) == [default_space.largest()]
     # Space-filling: every depth and every embed width is represented.
     assert {a.depth for a in archs} == set(default_space.depth)
     assert {a.embed_dim for a in archs} == set(default_space.embed_dim)

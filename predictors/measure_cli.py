@@ -1,0 +1,106 @@
+"""`nas-measure`: measure candidate subnets of a trained supernet into a resumable table.
+
+    nas-measure run=results/demo n_archs=250 latency.threads=1
+
+Reads `<run>/supernet.safetensors` (space, model config, weights, and the data config it was trained with) and
+writes `<run>/predictors/measurements.csv`: one row per arch with the canonical key, genes, split (fit/holdout),
+the task metric on the fixed validation subset, latency (median, IQR, CV) and analytic costs. Archs already in the
+table are skipped, so an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from predictors.measure import LatencyConfig, candidate_archs, check_device, fixed_batches, measure_arch
+from predictors.table import MeasurementTable
+from supernet.arch import Arch
+from supernet.artifact import load_supernet
+from supernet.space import SearchSpace
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+COST_COLUMNS = ["params", "macs", "bitops", "bytes"]
+LATENCY_COLUMNS = ["latency_ms", "latency_iqr_ms", "latency_cv"]
+TABLE_NAME = "measurements.csv"
+
+
+def metric_columns(task: str) -> list[str]:
+    return ["accuracy"] if task == "image" else ["loss", "bpc"]
+
+
+def table_columns(task: str) -> list[str]:
+    return ["key", "genes", "split", *metric_columns(task), *LATENCY_COLUMNS, *COST_COLUMNS, "seconds"]
+
+
+def split_of(arch: Arch, holdout_fraction: float, seed: int) -> str:
+    """'holdout' for a stable, seeded fraction of archs (by a hash of the key), else 'fit'."""
+    h = int.from_bytes(hashlib.sha256(f"{seed}:{arch.key()}".encode()).digest()[:8], "little") / 2**64
+    return "holdout" if h < holdout_fraction else "fit"
+
+
+def genes_text(space: SearchSpace, arch: Arch) -> str:
+    return " ".join(map(str, space.encode(arch)))
+
+
+def build_data(info: dict[str, Any], overrides: dict[str, Any]):
+    """The data module the supernet was trained with (its recorded config), with `overrides` applied."""
+    data_cfg = (info.get("data") or {}).get("config")
+    if not data_cfg:
+        raise ValueError("the supernet artifact records no data config; retrain it with this version of nas-train")
+    return instantiate({**data_cfg, **overrides})
+
+
+def measure_run(cfg: DictConfig) -> Path:
+    """Measure `cfg.n_archs` candidates of the supernet in `cfg.run`; returns the table's path."""
+    run = Path(cfg.run)
+    net, info = load_supernet(run)
+    lat_cfg = LatencyConfig(**OmegaConf.to_container(cfg.latency, resolve=True))
+    check_device(lat_cfg.device)
+    if not 0 <= cfg.holdout_fraction < 1:
+        raise ValueError(f"holdout_fraction={cfg.holdout_fraction} must be in [0, 1)")
+    dm = build_data(info, OmegaConf.to_container(cfg.data_overrides, resolve=True))
+    dm.setup()
+    batches = fixed_batches(dm.val_subset_dataloader())
+    example = batches[0][0][: lat_cfg.batch_size]
+    if len(example) < lat_cfg.batch_size:
+        raise ValueError(f"latency.batch_size={lat_cfg.batch_size} exceeds the validation subset's first batch")
+
+    table = MeasurementTable(Path(cfg.out) / TABLE_NAME, table_columns(net.config.task))
+    archs = candidate_archs(net.space, cfg.n_archs, seed=cfg.seed)
+    todo = [a for a in archs if a.key() not in table]
+    print(f"nas-measure: {len(archs)} candidates, {len(archs) - len(todo)} already measured, {len(todo)} to go")
+    torch.manual_seed(cfg.seed)
+    bar = tqdm(todo, desc="measuring", unit="arch")
+    for arch in bar:
+        t0 = time.perf_counter()
+        row = measure_arch(net, arch, batches, example, lat_cfg)
+        row["key"], row["genes"] = arch.key(), genes_text(net.space, arch)
+        row["split"] = split_of(arch, cfg.holdout_fraction, cfg.seed)
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        table.append(row)
+        bar.set_postfix(latency_ms=f"{row['latency_ms']:.2f}", cv=f"{row['latency_cv']:.2f}")
+    return table.path
+
+
+@hydra.main(config_path=CONF_DIR, config_name="measure", version_base=None)
+def main(cfg: DictConfig) -> None:
+    try:
+        path = measure_run(cfg)
+    except ValueError as e:
+        print(f"nas-measure: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"nas-measure: measurements in {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""nas-measure and nas-fit end to end on a tiny supernet trained on digits: resume, audit outputs, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from predictors.fit_cli import fit_run
+from predictors.measure_cli import CONF_DIR, TABLE_NAME, measure_run
+from predictors.models import SklearnPredictor
+from predictors.table import MeasurementTable
+from supernet.artifact import read_metadata
+from supernet.train_cli import train
+from tests.conftest import ROOT
+from tests.test_training import FAST, make_cfg
+
+
+def measure_cfg(run: Path, *overrides: str):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        return compose(config_name="measure", overrides=[f"run={run}", "latency.repeats=3", "latency.warmup=1",
+                                                         "holdout_fraction=0.3", *overrides])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    train(make_cfg(*FAST, "trainer.max_epochs=2", "trainer.limit_train_batches=1.0"), run)
+    return run
+
+
+def test_measure_then_fit(trained) -> None:
+    path = measure_run(measure_cfg(trained, "n_archs=40"))
+    table = MeasurementTable(path, path.read_text().splitlines()[0].split(","))
+    assert len(table) == 40
+    assert {r["split"] for r in table.rows.values()} == {"fit", "holdout"}
+    # Asking for more measures only the new archs: the first 40 rows are untouched.
+    before = path.read_text()
+    measure_run(measure_cfg(trained, "n_archs=46"))
+    after = path.read_text()
+    assert after.startswith(before) and len(after.splitlines()) == 1 + 46
+
+    report = fit_run(measure_cfg(trained, "fit.k_folds=3"))
+    out = trained / "predictors"
+    assert set(report["objectives"]) == {"accuracy", "latency_ms"}
+    for objective, entry in report["objectives"].items():
+        assert (out / f"scatter_{objective}.png").is_file()
+        assert -1 <= entry["holdout_kendall_tau"] <= 1 and entry["holdout_mape"] >= 0
+        assert any(row["chosen"] for row in entry["cv"])
+    assert json.loads((out / "report.json").read_text())["n_holdout"] == report["n_holdout"]
+    meta = read_metadata(trained)
+    p = SklearnPredictor.load(out, "latency_ms", meta["space"], meta["model"])
+    assert p.predict([meta["space"].largest()]).shape == (1,)
+
+
+def test_bad_input_is_one_clear_error(trained, tmp_path) -> None:
+    with pytest.raises(ValueError, match="no supernet artifact at"):
+        measure_run(measure_cfg(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="no CUDA device is available here"):
+        measure_run(measure_cfg(trained, "latency.device=cuda", f"out={tmp_path / 'o'}"))
+    with pytest.raises(ValueError, match="no measurements at"):
+        fit_run(measure_cfg(trained, f"out={tmp_path / 'empty'}"))
+    few = tmp_path / "few"
+    measure_run(measure_cfg(trained, "n_archs=6", f"out={few}", "holdout_fraction=0.0"))
+    with pytest.raises(ValueError, match="held-out archs measured; measure more"):
+        fit_run(measure_cfg(trained, f"out={few}"))
+    with pytest.raises(ValueError, match=r"unknown objective\(s\) \['speed'\]"):
+        fit_run(measure_cfg(trained, "fit.objectives=[speed]"))
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / TABLE_NAME).write_text("key,acc\nx,1\n")
+    with pytest.raises(ValueError, match="was written with other columns"):
+        measure_run(measure_cfg(trained, f"out={corrupt}"))
+
+
+def test_cli_error_line(tmp_path) -> None:
+    res = subprocess.run([sys.executable, "-m", "predictors.measure_cli", f"run={tmp_path}"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 2 and "nas-measure: error: no supernet artifact at" in res.stderr
+    assert "Traceback" not in res.stderr
