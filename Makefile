@@ -38,10 +38,12 @@ $(SHAKESPEARE): | $(VENV)/.installed
 test: setup
 	$(PY) -m pytest
 
-# The pipeline on the default dataset; each stage joins the day it lands (today: training).
+# The pipeline on the default dataset; each stage joins the day it lands (today: train, measure, fit predictors).
 demo: setup
 	$(VENV)/bin/nas-train experiment=demo
-	@echo "demo: supernet, curves and metrics in results/demo/ (training_curves.png, supernet.safetensors)"
+	$(VENV)/bin/nas-measure run=results/demo n_archs=200
+	$(VENV)/bin/nas-fit run=results/demo
+	@echo "demo: results/demo/ (training_curves.png, supernet.safetensors) and results/demo/predictors/ (measurements.csv, report.json, scatter_*.png)"
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -51,6 +53,7 @@ bench: setup
 	$(PY) bench/extraction_overhead.py
 	$(PY) bench/extraction_overhead.py --task lm
 	$(PY) bench/train_cost.py
+	$(PY) bench/latency_measurement.py
 	$(PY) bench/train_quality.py
 
 clean:

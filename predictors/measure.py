@@ -40,6 +40,7 @@ class LatencyConfig:
     batch_size: int = 1
     warmup: int = 5
     repeats: int = 21
+    min_repeat_ms: float = 5.0  # each timed repeat runs the model enough times to last this long (timeit-style)
 
 
 def check_device(device: str) -> torch.device:
@@ -96,7 +97,7 @@ def evaluate(model: torch.nn.Module, batches: Sequence[tuple[torch.Tensor, torch
 
 @torch.inference_mode()
 def latency(model: torch.nn.Module, example: torch.Tensor, cfg: LatencyConfig) -> dict:
-    """Median latency (ms) of `model(example)` with IQR and CV over `cfg.repeats` timed runs."""
+    """Median latency (ms) of one `model(example)` call, with IQR and CV over `cfg.repeats` timed repeats."""
     device = check_device(cfg.device)
     model = model.to(device).eval()
     x = example.to(device)
@@ -106,7 +107,11 @@ def latency(model: torch.nn.Module, example: torch.Tensor, cfg: LatencyConfig) -
     try:
         for _ in range(cfg.warmup):
             model(x)
-        times = _cuda_times(model, x, cfg.repeats) if device.type == "cuda" else _cpu_times(model, x, cfg.repeats)
+        timer = _cuda_times if device.type == "cuda" else _cpu_times
+        # Sub-millisecond calls are dominated by timer and scheduler jitter: time `number` calls per repeat.
+        single = statistics.median(timer(model, x, 3, 1))
+        number = max(1, math.ceil(cfg.min_repeat_ms / max(single, 1e-3)))
+        times = [t / number for t in timer(model, x, cfg.repeats, number)]
     finally:
         torch.set_num_threads(old_threads)
     q1, med, q3 = np.percentile(times, [25, 50, 75])
@@ -114,21 +119,25 @@ def latency(model: torch.nn.Module, example: torch.Tensor, cfg: LatencyConfig) -
     return {"latency_ms": float(med), "latency_iqr_ms": float(q3 - q1), "latency_cv": float(cv)}
 
 
-def _cpu_times(model, x, repeats: int) -> list[float]:
+def _cpu_times(model, x, repeats: int, number: int) -> list[float]:
+    """Milliseconds of `number` back-to-back calls, `repeats` times."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        model(x)
+        for _ in range(number):
+            model(x)
         times.append((time.perf_counter() - t0) * 1e3)
     return times
 
 
-def _cuda_times(model, x, repeats: int) -> list[float]:
+def _cuda_times(model, x, repeats: int, number: int) -> list[float]:
+    """Milliseconds of `number` back-to-back calls between CUDA events, `repeats` times."""
     times = []
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        model(x)
+        for _ in range(number):
+            model(x)
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
