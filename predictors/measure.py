@@ -40,7 +40,7 @@ class LatencyConfig:
     batch_size: int = 1
     warmup: int = 5
     repeats: int = 21
-    min_repeat_ms: float = 5.0  # each timed repeat runs the model enough times to last this long (timeit-style)
+    min_repeat_ms: float = 10.0  # each timed repeat runs the model enough times to last this long (timeit-style)
 
 
 def check_device(device: str) -> torch.device:
