@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
+from safetensors.torch import save_file
 
 from predictors.fit_cli import fit_run
 from predictors.measure_cli import CONF_DIR, TABLE_NAME, measure_run
@@ -60,6 +62,11 @@ def test_measure_then_fit(trained) -> None:
 def test_bad_input_is_one_clear_error(trained, tmp_path) -> None:
     with pytest.raises(ValueError, match="no supernet artifact at"):
         measure_run(measure_cfg(tmp_path / "nowhere"))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    save_file({"w": torch.zeros(2)}, str(foreign / "supernet.safetensors"))  # a safetensors file, not ours
+    with pytest.raises(ValueError, match="is not a supernet artifact"):
+        measure_run(measure_cfg(foreign))
     with pytest.raises(ValueError, match="no CUDA device is available here"):
         measure_run(measure_cfg(trained, "latency.device=cuda", f"out={tmp_path / 'o'}"))
     with pytest.raises(ValueError, match="no measurements at"):
