@@ -41,13 +41,13 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def space_default() -> SearchSpace:
-    return SearchSpace.from_yaml(SPACES / "default.yaml")
+def space_default(default_space) -> SearchSpace:
+    return default_space  # the shared fixture in conftest.py, under this file's name
 
 
 @pytest.fixture(scope="module")
-def space_small() -> SearchSpace:
-    return SearchSpace.from_yaml(SPACES / "small.yaml")
+def space_small(small_space) -> SearchSpace:
+    return small_space
 
 
 def _all_genes(space: SearchSpace):
