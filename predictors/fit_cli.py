@@ -21,7 +21,15 @@ import numpy as np
 from omegaconf import DictConfig
 
 from predictors.features import FeatureEncoder
-from predictors.measure_cli import CONF_DIR, TABLE_NAME, metric_columns, table_columns
+from predictors.measure_cli import (
+    CONF_DIR,
+    SETTINGS_NAME,
+    TABLE_NAME,
+    check_settings,
+    metric_columns,
+    settings,
+    table_columns,
+)
 from predictors.models import kendall_tau, mape, select_and_fit
 from predictors.table import MeasurementTable
 from supernet.artifact import read_metadata
@@ -49,6 +57,13 @@ def scatter(measured: np.ndarray, predicted: np.ndarray, objective: str, tau: fl
     plt.close(fig)
 
 
+def _saved_measurement_settings(out: Path) -> dict[str, Any]:
+    """The table's own measurement settings: fitting may use other latency settings, not another supernet."""
+    path = out / SETTINGS_NAME
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    return {k: v for k, v in saved.items() if k != "supernet_sha256"}
+
+
 def fit_run(cfg: DictConfig) -> dict[str, Any]:
     """Fit and audit every objective; returns the report also written to `report.json`."""
     meta = read_metadata(Path(cfg.run))
@@ -57,8 +72,10 @@ def fit_run(cfg: DictConfig) -> dict[str, Any]:
     path = out / TABLE_NAME
     if not path.is_file():
         raise ValueError(f"no measurements at {path}: run `nas-measure run={cfg.run}` first")
+    check_settings(out, settings(cfg, Path(cfg.run)) | _saved_measurement_settings(out), create=False)
     table = MeasurementTable(path, table_columns(config.task))
-    objectives = list(cfg.fit.objectives or default_objectives(config.task))
+    chosen = cfg.fit.objectives or default_objectives(config.task)
+    objectives = [chosen] if isinstance(chosen, str) else list(chosen)
     unknown = [o for o in objectives if o not in table.columns or o in ("key", "genes", "split")]
     if unknown:
         raise ValueError(f"unknown objective(s) {unknown}; measured columns: {table.columns[3:]}")

@@ -42,6 +42,14 @@ class LatencyConfig:
     repeats: int = 21
     min_repeat_ms: float = 10.0  # each timed repeat runs the model enough times to last this long (timeit-style)
 
+    def __post_init__(self) -> None:
+        for name, low in (("threads", 1), ("batch_size", 1), ("repeats", 2), ("warmup", 0)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < low:
+                raise ValueError(f"latency.{name}={v!r} must be an integer >= {low}")
+        if not self.min_repeat_ms >= 0:
+            raise ValueError(f"latency.min_repeat_ms={self.min_repeat_ms!r} must be >= 0")
+
 
 def check_device(device: str) -> torch.device:
     """The torch device for `device`, or one clear error when it is not usable here."""
@@ -58,7 +66,7 @@ def candidate_archs(space: SearchSpace, n: int, seed: int = 0) -> list[Arch]:
     if n < 1:
         raise ValueError(f"number of candidate archs must be >= 1, got {n}")
     if space.size() <= n:  # the whole space fits: enumerate it rather than hope sampling finds every arch
-        ends = [space.largest(), space.smallest()]
+        ends = list({a.key(): a for a in (space.largest(), space.smallest())}.values())
         return ends + [a for a in space.all_archs() if a not in ends]
     xl, xu = space.gene_bounds()
     out: dict[str, Arch] = {}
@@ -97,7 +105,11 @@ def evaluate(model: torch.nn.Module, batches: Sequence[tuple[torch.Tensor, torch
 
 @torch.inference_mode()
 def latency(model: torch.nn.Module, example: torch.Tensor, cfg: LatencyConfig) -> dict:
-    """Median latency (ms) of one `model(example)` call, with IQR and CV over `cfg.repeats` timed repeats."""
+    """Median latency (ms) of one `model(example)` call, with IQR and CV over `cfg.repeats` timed repeats.
+
+    Each repeat times enough back-to-back calls to last `cfg.min_repeat_ms`, so IQR and CV describe those repeats
+    (per-call jitter averages out inside a repeat), which is what the median's stability depends on.
+    """
     device = check_device(cfg.device)
     model = model.to(device).eval()
     x = example.to(device)

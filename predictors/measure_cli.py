@@ -11,6 +11,7 @@ table are skipped, so an interrupted run continues where it stopped.
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import hydra
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
@@ -32,6 +34,7 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 COST_COLUMNS = ["params", "macs", "bitops", "bytes"]
 LATENCY_COLUMNS = ["latency_ms", "latency_iqr_ms", "latency_cv"]
 TABLE_NAME = "measurements.csv"
+SETTINGS_NAME = "measurements.json"
 
 
 def metric_columns(task: str) -> list[str]:
@@ -57,25 +60,72 @@ def build_data(info: dict[str, Any], overrides: dict[str, Any]):
     data_cfg = (info.get("data") or {}).get("config")
     if not data_cfg:
         raise ValueError("the supernet artifact records no data config; retrain it with this version of nas-train")
-    return instantiate({**data_cfg, **overrides})
+    try:
+        return instantiate({**data_cfg, **overrides})
+    except InstantiationException as e:
+        raise ValueError(
+            f"cannot build the recorded data module with data_overrides={overrides}: {e.__cause__ or e}"
+        ) from None
+
+
+def settings(cfg: DictConfig, run: Path) -> dict[str, Any]:
+    """Everything that changes what a measurement means: a resumed table must have been measured the same way."""
+    artifact = run / "supernet.safetensors"
+    return {
+        "supernet_sha256": hashlib.sha256(artifact.read_bytes()).hexdigest() if artifact.is_file() else None,
+        "latency": OmegaConf.to_container(cfg.latency, resolve=True),
+        "data_overrides": OmegaConf.to_container(cfg.data_overrides, resolve=True),
+        "holdout_fraction": cfg.holdout_fraction,
+        "seed": cfg.seed,
+    }
+
+
+def check_settings(out: Path, current: dict[str, Any], create: bool) -> None:
+    """Refuse a table measured with other settings or another supernet; record the settings of a new table."""
+    path = out / SETTINGS_NAME
+    if not path.is_file():
+        if (out / TABLE_NAME).is_file():
+            raise ValueError(
+                f"{out / TABLE_NAME} has no {SETTINGS_NAME} beside it: its settings are unknown; move it away"
+            )
+        if create:
+            out.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(current, indent=2))
+        return
+    saved = json.loads(path.read_text())
+    for key in current:
+        if saved.get(key) != current[key]:
+            what = "the supernet changed since" if key == "supernet_sha256" else f"{key} was {saved.get(key)} for"
+            raise ValueError(
+                f"{out / TABLE_NAME}: {what} the rows already measured (now {current[key]}); use another out= "
+                "directory, or the same settings and supernet"
+            )
 
 
 def measure_run(cfg: DictConfig) -> Path:
     """Measure `cfg.n_archs` candidates of the supernet in `cfg.run`; returns the table's path."""
     run = Path(cfg.run)
     net, info = load_supernet(run)
-    lat_cfg = LatencyConfig(**OmegaConf.to_container(cfg.latency, resolve=True))
+    try:
+        lat_cfg = LatencyConfig(**OmegaConf.to_container(cfg.latency, resolve=True))
+    except TypeError as e:
+        raise ValueError(f"bad latency config: {e}") from None
     check_device(lat_cfg.device)
     if not 0 <= cfg.holdout_fraction < 1:
         raise ValueError(f"holdout_fraction={cfg.holdout_fraction} must be in [0, 1)")
     dm = build_data(info, OmegaConf.to_container(cfg.data_overrides, resolve=True))
     dm.setup()
     batches = fixed_batches(dm.val_subset_dataloader())
+    if not batches:
+        raise ValueError("the validation subset is empty; raise data_overrides.val_subset_size")
     example = batches[0][0][: lat_cfg.batch_size]
     if len(example) < lat_cfg.batch_size:
         raise ValueError(f"latency.batch_size={lat_cfg.batch_size} exceeds the validation subset's first batch")
 
+    check_settings(Path(cfg.out), settings(cfg, run), create=True)
     table = MeasurementTable(Path(cfg.out) / TABLE_NAME, table_columns(net.config.task))
+    if table.dropped_partial_line:
+        print("nas-measure: dropped a row cut short by an interruption; that arch is measured again")
     archs = candidate_archs(net.space, cfg.n_archs, seed=cfg.seed)
     todo = [a for a in archs if a.key() not in table]
     print(f"nas-measure: {len(archs)} candidates, {len(archs) - len(todo)} already measured, {len(todo)} to go")

@@ -20,8 +20,8 @@ class MeasurementTable:
     """Append-only CSV of measurements with a fixed header."""
 
     def __init__(self, path: str | Path, columns: Sequence[str]) -> None:
-        if "key" not in columns:
-            raise ValueError("a measurement table needs a 'key' column")
+        if not columns or columns[0] != "key":
+            raise ValueError("a measurement table's first column must be 'key'")
         self.path = Path(path)
         self.columns = list(columns)
         self.rows: dict[str, dict[str, str]] = {}

@@ -80,8 +80,33 @@ def test_bad_input_is_one_clear_error(trained, tmp_path) -> None:
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / TABLE_NAME).write_text("key,acc\nx,1\n")
-    with pytest.raises(ValueError, match="was written with other columns"):
+    with pytest.raises(ValueError, match=r"has no measurements\.json beside it"):
         measure_run(measure_cfg(trained, f"out={corrupt}"))
+    with pytest.raises(ValueError, match=r"latency.repeats=0 must be an integer >= 2"):
+        measure_run(measure_cfg(trained, "latency.repeats=0"))
+    with pytest.raises(ValueError, match="bad latency config"):
+        measure_run(measure_cfg(trained, "+latency.speed=1"))
+
+
+def test_resume_refuses_other_settings(trained, tmp_path) -> None:
+    """A table's rows all mean the same thing: other latency settings or another supernet are refused."""
+    out = tmp_path / "settings"
+    measure_run(measure_cfg(trained, "n_archs=4", f"out={out}"))
+    with pytest.raises(ValueError, match=r"latency was .* for the rows already measured"):
+        measure_run(measure_cfg(trained, "n_archs=6", f"out={out}", "latency.threads=2"))
+    artifact = trained / "supernet.safetensors"
+    saved = artifact.read_bytes()
+    try:
+        from supernet.artifact import load_supernet, save_supernet
+
+        net, info = load_supernet(trained)
+        with torch.no_grad():
+            net.head.fc.bias.add_(1.0)
+        save_supernet(trained, net, info)
+        with pytest.raises(ValueError, match="the supernet changed since the rows already measured"):
+            measure_run(measure_cfg(trained, "n_archs=6", f"out={out}"))
+    finally:
+        artifact.write_bytes(saved)
 
 
 def test_cli_error_line(tmp_path) -> None:
