@@ -19,16 +19,6 @@ from supernet.space import SearchSpace
 SPACES = Path(__file__).resolve().parents[1] / "conf" / "space"
 
 
-@pytest.fixture(scope="module")
-def space_default(default_space) -> SearchSpace:
-    return default_space  # the shared fixture in conftest.py, under this file's name
-
-
-@pytest.fixture(scope="module")
-def space_small(small_space) -> SearchSpace:
-    return small_space
-
-
 def _arch(**over) -> Arch:
     kw = {"depth": 2, "embed_dim": 128, "num_heads": (4, 2), "mlp_ratio": (4.0, 2.0), "w_bits": (32, 8), "a_bits": 32}
     kw.update(over)
@@ -123,8 +113,8 @@ def test_key_is_canonical_over_input_forms():
 
 
 @pytest.mark.parametrize("space_name", ["default", "small"])
-def test_key_unique_iff_arch_equal_over_samples(space_name, space_default, space_small):
-    space = {"default": space_default, "small": space_small}[space_name]
+def test_key_unique_iff_arch_equal_over_samples(space_name, default_space, small_space):
+    space = {"default": default_space, "small": small_space}[space_name]
     rng = np.random.default_rng(1234)
     archs = [space.sample(rng) for _ in range(3000)]
     by_key: dict[str, Arch] = {}
@@ -137,10 +127,10 @@ def test_key_unique_iff_arch_equal_over_samples(space_name, space_default, space
         assert len(set(archs)) < len(archs)
 
 
-def test_key_unique_over_whole_small_space(space_small):
-    lo, hi = space_small.gene_bounds()
-    archs = {space_small.decode(g) for g in itertools.product(*(range(a, b + 1) for a, b in zip(lo, hi, strict=True)))}
-    assert len(archs) == space_small.size()
+def test_key_unique_over_whole_small_space(small_space):
+    lo, hi = small_space.gene_bounds()
+    archs = {small_space.decode(g) for g in itertools.product(*(range(a, b + 1) for a, b in zip(lo, hi, strict=True)))}
+    assert len(archs) == small_space.size()
     assert len({a.key() for a in archs}) == len(archs)
 
 
@@ -188,10 +178,10 @@ def test_to_dict_is_plain_builtins():
     assert json.loads(json.dumps(d)) == d
 
 
-def test_to_dict_from_dict_round_trip_many(space_default):
+def test_to_dict_from_dict_round_trip_many(default_space):
     rng = np.random.default_rng(7)
     for _ in range(300):
-        a = space_default.sample(rng)
+        a = default_space.sample(rng)
         assert Arch.from_dict(a.to_dict()) == a
         assert Arch.from_dict(json.loads(json.dumps(a.to_dict()))) == a
 
@@ -222,9 +212,9 @@ def test_from_dict_depth_from_string_number():
 # ---- YAML round trip --------------------------------------------------------------------------------------------
 
 
-def test_yaml_text_round_trip(space_default):
+def test_yaml_text_round_trip(default_space):
     rng = np.random.default_rng(3)
-    for a in [space_default.largest(), space_default.smallest(), *(space_default.sample(rng) for _ in range(100))]:
+    for a in [default_space.largest(), default_space.smallest(), *(default_space.sample(rng) for _ in range(100))]:
         text = a.to_yaml()
         assert isinstance(text, str)
         assert yaml.safe_load(text) == a.to_dict()

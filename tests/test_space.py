@@ -40,16 +40,6 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="module")
-def space_default(default_space) -> SearchSpace:
-    return default_space  # the shared fixture in conftest.py, under this file's name
-
-
-@pytest.fixture(scope="module")
-def space_small(small_space) -> SearchSpace:
-    return small_space
-
-
 def _all_genes(space: SearchSpace):
     lo, hi = space.gene_bounds()
     return itertools.product(*(range(a, b + 1) for a, b in zip(lo, hi, strict=True)))
@@ -64,21 +54,21 @@ def _inactive_positions(space: SearchSpace, depth: int) -> list[int]:
 # ---- loading ----------------------------------------------------------------------------------------------------
 
 
-def test_load_default_yaml(space_default):
-    assert space_default.name == "default"
+def test_load_default_yaml(default_space):
+    assert default_space.name == "default"
     for name, choices in DEFAULT_CHOICES.items():
-        assert getattr(space_default, name) == choices
-    assert all(type(r) is float for r in space_default.mlp_ratio)
-    assert all(type(v) is int for v in space_default.embed_dim)
-    assert space_default.max_depth == 6
-    assert space_default.n_genes == 3 + 3 * 6
+        assert getattr(default_space, name) == choices
+    assert all(type(r) is float for r in default_space.mlp_ratio)
+    assert all(type(v) is int for v in default_space.embed_dim)
+    assert default_space.max_depth == 6
+    assert default_space.n_genes == 3 + 3 * 6
 
 
-def test_load_small_yaml(space_small):
-    assert space_small.name == "small"
-    assert space_small.depth == (2, 3)
-    assert space_small.mlp_ratio == (2.0, 4.0)
-    assert space_small.a_bits == (32,)
+def test_load_small_yaml(small_space):
+    assert small_space.name == "small"
+    assert small_space.depth == (2, 3)
+    assert small_space.mlp_ratio == (2.0, 4.0)
+    assert small_space.a_bits == (32,)
 
 
 def test_from_yaml_accepts_str_path():
@@ -123,15 +113,15 @@ def test_choices_are_sorted_tuples():
 # ---- size -------------------------------------------------------------------------------------------------------
 
 
-def test_default_size(space_default):
-    assert space_default.size() >= 10**9
+def test_default_size(default_space):
+    assert default_space.size() >= 10**9
     per_layer = 3 * 4 * 5
-    assert space_default.size() == 3 * 2 * sum(per_layer**d for d in range(2, 7)) == 284_680_677_600
-    assert type(space_default.size()) is int
+    assert default_space.size() == 3 * 2 * sum(per_layer**d for d in range(2, 7)) == 284_680_677_600
+    assert type(default_space.size()) is int
 
 
-def test_small_size(space_small):
-    assert space_small.size() == 1152 <= 2000
+def test_small_size(small_space):
+    assert small_space.size() == 1152 <= 2000
 
 
 @pytest.mark.parametrize(
@@ -150,50 +140,50 @@ def test_size_matches_brute_force(choices):
     assert all(space.contains(a) for a in distinct)
 
 
-def test_small_size_matches_brute_force_over_canonical_genes(space_small):
-    canon = {tuple(space_small.canonical_genes(g)) for g in _all_genes(space_small)}
-    assert len(canon) == space_small.size() == 1152
-    archs = {space_small.decode(c) for c in canon}
+def test_small_size_matches_brute_force_over_canonical_genes(small_space):
+    canon = {tuple(small_space.canonical_genes(g)) for g in _all_genes(small_space)}
+    assert len(canon) == small_space.size() == 1152
+    archs = {small_space.decode(c) for c in canon}
     assert len(archs) == 1152
     for c in canon:
-        assert tuple(space_small.encode(space_small.decode(c))) == c
+        assert tuple(small_space.encode(small_space.decode(c))) == c
 
 
 # ---- sampling ---------------------------------------------------------------------------------------------------
 
 
-def test_samples_are_valid_and_typed(space_default):
+def test_samples_are_valid_and_typed(default_space):
     rng = np.random.default_rng(0)
     for _ in range(500):
-        a = space_default.sample(rng)
+        a = default_space.sample(rng)
         assert isinstance(a, Arch)
-        assert space_default.validate(a) is a
+        assert default_space.validate(a) is a
         assert type(a.depth) is int and type(a.embed_dim) is int and type(a.a_bits) is int
         assert len(a.num_heads) == len(a.mlp_ratio) == len(a.w_bits) == a.depth
 
 
-def test_sample_reproducible_for_same_seed(space_default):
-    a = [space_default.sample(np.random.default_rng(42)) for _ in range(3)]
+def test_sample_reproducible_for_same_seed(default_space):
+    a = [default_space.sample(np.random.default_rng(42)) for _ in range(3)]
     assert a[0] == a[1] == a[2]
     r1, r2 = np.random.default_rng(5), np.random.default_rng(5)
-    s1 = [space_default.sample(r1) for _ in range(200)]
-    s2 = [space_default.sample(r2) for _ in range(200)]
+    s1 = [default_space.sample(r1) for _ in range(200)]
+    s2 = [default_space.sample(r2) for _ in range(200)]
     assert s1 == s2
 
 
-def test_different_seeds_give_different_streams(space_default):
+def test_different_seeds_give_different_streams(default_space):
     r1, r2 = np.random.default_rng(1), np.random.default_rng(2)
-    assert [space_default.sample(r1) for _ in range(50)] != [space_default.sample(r2) for _ in range(50)]
+    assert [default_space.sample(r1) for _ in range(50)] != [default_space.sample(r2) for _ in range(50)]
 
 
-def test_sample_covers_every_choice(space_default):
+def test_sample_covers_every_choice(default_space):
     rng = np.random.default_rng(2024)
     seen: dict[str, set] = {n: set() for n in DEFAULT_CHOICES}
     per_position: dict[tuple[str, int], set] = {}
     depths = Counter()
     n = 3000
     for _ in range(n):
-        a = space_default.sample(rng)
+        a = default_space.sample(rng)
         depths[a.depth] += 1
         for g in GLOBAL_GENES:
             seen[g].add(getattr(a, g))
@@ -205,21 +195,21 @@ def test_sample_covers_every_choice(space_default):
         assert seen[name] == set(choices), name
     # Every choice also appears at every layer position, the deepest included.
     for (g, _i), vals in per_position.items():
-        assert vals == set(getattr(space_default, g))
-    assert len(per_position) == len(LAYER_GENES) * space_default.max_depth
+        assert vals == set(getattr(default_space, g))
+    assert len(per_position) == len(LAYER_GENES) * default_space.max_depth
     # Depth is uniform (loose bound; deterministic for the fixed seed).
-    for d in space_default.depth:
+    for d in default_space.depth:
         assert abs(depths[d] / n - 1 / 5) < 0.04
 
 
-def test_sample_leaves_global_random_state_untouched(space_default):
+def test_sample_leaves_global_random_state_untouched(default_space):
     np.random.seed(123)
     random.seed(123)
     np_state = np.random.get_state()
     py_state = random.getstate()
     rng = np.random.default_rng(0)
     for _ in range(100):
-        space_default.sample(rng)
+        default_space.sample(rng)
     after = np.random.get_state()
     assert np_state[0] == after[0]
     assert np.array_equal(np_state[1], after[1])
@@ -231,8 +221,8 @@ def test_sample_leaves_global_random_state_untouched(space_default):
 
 
 @pytest.mark.parametrize("name", ["default", "small"])
-def test_largest_and_smallest(name, space_default, space_small):
-    space = {"default": space_default, "small": space_small}[name]
+def test_largest_and_smallest(name, default_space, small_space):
+    space = {"default": default_space, "small": small_space}[name]
     big, small = space.largest(), space.smallest()
     assert space.validate(big) is big and space.validate(small) is small
     assert big.depth == max(space.depth) and small.depth == min(space.depth)
@@ -255,16 +245,16 @@ def test_largest_and_smallest(name, space_default, space_small):
             assert getattr(small, g)[0] <= min(vals) and max(vals) <= getattr(big, g)[0]
 
 
-def test_default_extremes_exact(space_default):
-    assert space_default.largest() == Arch(6, 128, (4,) * 6, (4.0,) * 6, (32,) * 6, 32)
-    assert space_default.smallest() == Arch(2, 64, (1, 1), (1.0, 1.0), (1, 1), 8)
+def test_default_extremes_exact(default_space):
+    assert default_space.largest() == Arch(6, 128, (4,) * 6, (4.0,) * 6, (32,) * 6, 32)
+    assert default_space.smallest() == Arch(2, 64, (1, 1), (1.0, 1.0), (1, 1), 8)
 
 
 # ---- genes ------------------------------------------------------------------------------------------------------
 
 
-def test_gene_bounds_layout(space_default):
-    lo, hi = space_default.gene_bounds()
+def test_gene_bounds_layout(default_space):
+    lo, hi = default_space.gene_bounds()
     assert lo.dtype == np.int64 and hi.dtype == np.int64
     assert lo.shape == hi.shape == (21,)
     assert np.all(lo == 0)
@@ -272,26 +262,26 @@ def test_gene_bounds_layout(space_default):
     assert hi.tolist() == expected
 
 
-def test_encode_layout_example(space_default):
+def test_encode_layout_example(default_space):
     a = Arch(3, 96, (1, 2, 4), (1.0, 3.0, 4.0), (1, 8, 32), 32)
-    g = space_default.encode(a)
+    g = default_space.encode(a)
     assert g.dtype == np.int64
     assert g.tolist() == [1, 1, 1, 0, 1, 2, 0, 0, 0, 0, 2, 3, 0, 0, 0, 0, 3, 4, 0, 0, 0]
 
 
-def test_encode_decode_round_trip_many(space_default):
+def test_encode_decode_round_trip_many(default_space):
     rng = np.random.default_rng(11)
-    lo, hi = space_default.gene_bounds()
+    lo, hi = default_space.gene_bounds()
     for _ in range(1000):
-        a = space_default.sample(rng)
-        g = space_default.encode(a)
-        assert g.shape == (space_default.n_genes,)
+        a = default_space.sample(rng)
+        g = default_space.encode(a)
+        assert g.shape == (default_space.n_genes,)
         assert np.all(g >= lo) and np.all(g <= hi)
-        assert np.all(g[_inactive_positions(space_default, a.depth)] == 0)
-        assert space_default.decode(g) == a
-        assert space_default.decode(g.tolist()) == a
-        assert space_default.decode(g.astype(float)) == a
-        np.testing.assert_array_equal(space_default.canonical_genes(g), g)
+        assert np.all(g[_inactive_positions(default_space, a.depth)] == 0)
+        assert default_space.decode(g) == a
+        assert default_space.decode(g.tolist()) == a
+        assert default_space.decode(g.astype(float)) == a
+        np.testing.assert_array_equal(default_space.canonical_genes(g), g)
 
 
 _DEFAULT = SearchSpace.from_yaml(SPACES / "default.yaml")
@@ -316,98 +306,98 @@ def test_decode_any_in_bounds_genes_round_trips(genes):
     assert np.all(c[inactive] == 0)
 
 
-def test_inactive_genes_are_ignored(space_default):
+def test_inactive_genes_are_ignored(default_space):
     rng = np.random.default_rng(21)
-    lo, hi = space_default.gene_bounds()
+    lo, hi = default_space.gene_bounds()
     checked = 0
     for _ in range(300):
-        a = space_default.sample(rng)
-        if a.depth == space_default.max_depth:
+        a = default_space.sample(rng)
+        if a.depth == default_space.max_depth:
             continue
-        g = space_default.encode(a)
-        inactive = _inactive_positions(space_default, a.depth)
+        g = default_space.encode(a)
+        inactive = _inactive_positions(default_space, a.depth)
         # In-bounds noise in inactive positions.
         g2 = g.copy()
         g2[inactive] = rng.integers(lo[inactive], hi[inactive] + 1)
-        assert space_default.decode(g2) == a
-        np.testing.assert_array_equal(space_default.canonical_genes(g2), g)
+        assert default_space.decode(g2) == a
+        np.testing.assert_array_equal(default_space.canonical_genes(g2), g)
         # Out-of-bounds noise in inactive positions, above and below.
         g3 = g.copy()
         g3[inactive] = rng.choice([-5, -1, 99, 1000], size=len(inactive))
-        assert space_default.decode(g3) == a
-        np.testing.assert_array_equal(space_default.canonical_genes(g3), g)
+        assert default_space.decode(g3) == a
+        np.testing.assert_array_equal(default_space.canonical_genes(g3), g)
         checked += 1
     assert checked > 100
 
 
-def test_two_vectors_differing_only_in_inactive_genes_decode_equal(space_small):
+def test_two_vectors_differing_only_in_inactive_genes_decode_equal(small_space):
     # small space: L = 3; depth gene 0 -> depth 2, so layer 2 (positions 5, 8, 11) is inactive.
     g1 = [0, 1, 0, 1, 0, 0, 1, 1, 0, 0, 1, 1]
     g2 = [0, 1, 0, 1, 0, 1, 1, 1, 1, 0, 1, 1]
     g3 = [0, 1, 0, 1, 0, 7, 1, 1, -3, 0, 1, 42]
-    a = space_small.decode(g1)
-    assert a == space_small.decode(g2) == space_small.decode(g3)
+    a = small_space.decode(g1)
+    assert a == small_space.decode(g2) == small_space.decode(g3)
     assert a == Arch(2, 128, (4, 2), (4.0, 4.0), (2, 8), 32)
-    assert space_small.canonical_genes(g3).tolist() == [0, 1, 0, 1, 0, 0, 1, 1, 0, 0, 1, 0]
+    assert small_space.canonical_genes(g3).tolist() == [0, 1, 0, 1, 0, 0, 1, 1, 0, 0, 1, 0]
 
 
-def test_canonical_genes_equal_iff_same_arch(space_small):
+def test_canonical_genes_equal_iff_same_arch(small_space):
     by_canon: dict[tuple, Arch] = {}
-    for g in _all_genes(space_small):
-        a = space_small.decode(g)
-        c = tuple(space_small.canonical_genes(g))
+    for g in _all_genes(small_space):
+        a = small_space.decode(g)
+        c = tuple(small_space.canonical_genes(g))
         assert by_canon.setdefault(c, a) == a
     assert len(set(by_canon.values())) == len(by_canon)
 
 
-def test_encode_validates(space_default):
+def test_encode_validates(default_space):
     with pytest.raises(ValueError, match=re.escape("embed_dim=100 not in (64, 96, 128)")):
-        space_default.encode(Arch(2, 100, (1, 1), (1.0, 1.0), (8, 8), 32))
+        default_space.encode(Arch(2, 100, (1, 1), (1.0, 1.0), (8, 8), 32))
 
 
 @pytest.mark.parametrize("shape", [(20,), (22,), (0,), (1, 21), (21, 1)])
-def test_decode_wrong_length(space_default, shape):
+def test_decode_wrong_length(default_space, shape):
     with pytest.raises(ValueError, match=re.escape(f"expected 21 genes for space 'default', got shape {shape}")):
-        space_default.decode(np.zeros(shape, dtype=np.int64))
+        default_space.decode(np.zeros(shape, dtype=np.int64))
 
 
 @pytest.mark.parametrize("bad", [0.5, np.nan, np.inf])
-def test_decode_non_integer_genes(space_default, bad):
-    g = space_default.encode(space_default.largest()).astype(float)
+def test_decode_non_integer_genes(default_space, bad):
+    g = default_space.encode(default_space.largest()).astype(float)
     g[4] = bad
     with pytest.raises(ValueError, match=r"^genes must be integers, got \["):
-        space_default.decode(g)
+        default_space.decode(g)
 
 
 @pytest.mark.parametrize(
     ("pos", "value", "bounds"),
     [(0, 5, "[0, 4]"), (0, -1, "[0, 4]"), (1, 3, "[0, 2]"), (2, 2, "[0, 1]"), (3, 3, "[0, 2]"), (20, 5, "[0, 4]")],
 )
-def test_decode_out_of_range_active_gene(space_default, pos, value, bounds):
-    g = space_default.encode(space_default.largest())  # depth 6: every layer gene is active
+def test_decode_out_of_range_active_gene(default_space, pos, value, bounds):
+    g = default_space.encode(default_space.largest())  # depth 6: every layer gene is active
     g[pos] = value
     with pytest.raises(ValueError, match=re.escape(f"gene {pos}={value} outside its bounds {bounds}")):
-        space_default.decode(g)
+        default_space.decode(g)
 
 
-def test_decode_out_of_range_gene_of_active_layer_at_shallow_depth(space_default):
-    g = space_default.encode(space_default.smallest())  # depth 2: layers 0, 1 active
+def test_decode_out_of_range_gene_of_active_layer_at_shallow_depth(default_space):
+    g = default_space.encode(default_space.smallest())  # depth 2: layers 0, 1 active
     g[3 + 6 + 1] = 4  # mlp_ratio of layer 1, bound 3
     with pytest.raises(ValueError, match=re.escape("gene 10=4 outside its bounds [0, 3]")):
-        space_default.decode(g)
-    g = space_default.encode(space_default.smallest())
+        default_space.decode(g)
+    g = default_space.encode(default_space.smallest())
     g[3 + 6 + 2] = 4  # mlp_ratio of layer 2: inactive at depth 2, ignored
-    assert space_default.decode(g) == space_default.smallest()
+    assert default_space.decode(g) == default_space.smallest()
 
 
 # ---- validate ---------------------------------------------------------------------------------------------------
 
 
-def test_validate_per_layer_message_exact(space_default):
+def test_validate_per_layer_message_exact(default_space):
     a = Arch(3, 64, (1, 2, 3), (1.0, 1.0, 1.0), (8, 8, 8), 32)
     with pytest.raises(ValueError, match=r"^" + re.escape("num_heads[2]=3 not in (1, 2, 4) (space 'default')") + "$"):
-        space_default.validate(a)
-    assert not space_default.contains(a)
+        default_space.validate(a)
+    assert not default_space.contains(a)
 
 
 @pytest.mark.parametrize(
@@ -423,33 +413,33 @@ def test_validate_per_layer_message_exact(space_default):
         (Arch(2, 64, (8, 1), (1.0, 1.0), (8, 16), 32), "num_heads[0]=8 not in (1, 2, 4)"),
     ],
 )
-def test_validate_messages(space_default, arch, msg):
+def test_validate_messages(default_space, arch, msg):
     with pytest.raises(ValueError, match=r"^" + re.escape(f"{msg} (space 'default')") + "$"):
-        space_default.validate(arch)
-    assert space_default.contains(arch) is False
+        default_space.validate(arch)
+    assert default_space.contains(arch) is False
 
 
-def test_validate_reports_first_bad_field(space_default):
+def test_validate_reports_first_bad_field(default_space):
     # Global fields are checked before per-layer ones, and layers in order.
     a = Arch(2, 100, (3, 3), (1.0, 1.0), (8, 8), 32)
     with pytest.raises(ValueError, match=r"^embed_dim=100"):
-        space_default.validate(a)
+        default_space.validate(a)
     b = Arch(3, 64, (1, 3, 5), (1.0, 1.0, 1.0), (8, 8, 8), 32)
     with pytest.raises(ValueError, match=re.escape("num_heads[1]=3")):
-        space_default.validate(b)
+        default_space.validate(b)
 
 
 @pytest.mark.parametrize("obj", [{"depth": 2}, None, "d2_e64", (2, 64)])
-def test_validate_non_arch(space_default, obj):
+def test_validate_non_arch(default_space, obj):
     with pytest.raises(ValueError, match=rf"^expected an Arch, got {type(obj).__name__}; build one with Arch"):
-        space_default.validate(obj)  # type: ignore[arg-type]
-    assert space_default.contains(obj) is False  # type: ignore[arg-type]
+        default_space.validate(obj)  # type: ignore[arg-type]
+    assert default_space.contains(obj) is False  # type: ignore[arg-type]
 
 
-def test_validate_returns_arch(space_small):
-    a = space_small.largest()
-    assert space_small.validate(a) is a
-    assert space_small.contains(a)
+def test_validate_returns_arch(small_space):
+    a = small_space.largest()
+    assert small_space.validate(a) is a
+    assert small_space.contains(a)
 
 
 # ---- inconsistent spaces ----------------------------------------------------------------------------------------
@@ -545,10 +535,10 @@ def test_fingerprint_ignores_name_and_order():
     assert re.fullmatch(r"[0-9a-f]{16}", a.fingerprint())
 
 
-def test_fingerprint_stable_for_loaded_space(space_default):
+def test_fingerprint_stable_for_loaded_space(default_space):
     again = SearchSpace.from_config(OmegaConf.load(SPACES / "default.yaml"))
-    assert again.fingerprint() == space_default.fingerprint()
-    assert space_default.fingerprint() != SearchSpace.from_yaml(SPACES / "small.yaml").fingerprint()
+    assert again.fingerprint() == default_space.fingerprint()
+    assert default_space.fingerprint() != SearchSpace.from_yaml(SPACES / "small.yaml").fingerprint()
 
 
 @pytest.mark.parametrize(
