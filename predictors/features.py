@@ -28,6 +28,7 @@ import numpy as np
 from supernet.arch import Arch
 from supernet.config import ModelConfig
 from supernet.costs import arch_costs, layer_costs
+from supernet.gene_costs import costs_from_columns, decode_genes
 from supernet.space import SearchSpace
 
 # Bump when the meaning of a column changes without its name changing: old predictors are then refused on load.
@@ -121,6 +122,40 @@ class FeatureEncoder:
         return np.stack(rows)
 
     __call__ = transform
+
+    def transform_genes(self, G: np.ndarray) -> np.ndarray:
+        """Feature matrix of a gene matrix (N, n_genes): equals `transform([space.decode(g) for g in G])`, computed
+        with numpy over all rows at once (the search scores tens of thousands of candidates per generation).
+        Out-of-range genes of active layers raise a ValueError; those of inactive layers are ignored, as in decode."""
+        cols = decode_genes(self.space, G)
+        costs = costs_from_columns(self.space, self.config, cols, self.seq_len)
+        n, L = len(cols), self.space.max_depth
+        active = cols.active
+        depth = cols.depth.astype(np.float64)
+        # 0 in inactive slots, as in `_row` (log2(w_bits) is only taken where the layer is active).
+        log2_w = np.log2(np.where(active, cols.w_bits, 1)) * active
+        layers = np.stack(  # (N, L, len(LAYER_FEATURES)), in LAYER_FEATURES order
+            [active, cols.num_heads, cols.mlp_ratio, cols.ffn_hidden, cols.w_bits, log2_w, costs["layer_macs"]],
+            axis=-1,
+        ).astype(np.float64)
+        w_max = np.iinfo(np.int64).max
+        blocks = [
+            np.column_stack([depth, cols.embed_dim, cols.a_bits, np.log2(cols.a_bits)]),
+            layers.reshape(n, L * len(LAYER_FEATURES)),
+            np.column_stack(
+                [
+                    cols.num_heads.sum(axis=1),
+                    cols.ffn_hidden.sum(axis=1),
+                    log2_w.sum(axis=1) / depth,  # mean over the active layers only
+                    np.where(active, cols.w_bits, w_max).min(axis=1),
+                ]
+            ),
+            np.stack([((cols.w_bits == b) & active).sum(axis=1) for b in self.space.w_bits], axis=1),
+        ]
+        totals = np.column_stack([costs[c] for c in COST_FIELDS]).astype(np.float64)
+        X = np.concatenate([*(b.astype(np.float64) for b in blocks), totals, np.log1p(totals)], axis=1)
+        assert X.shape == (n, self.n_features), (X.shape, self.n_features)
+        return X
 
     def __repr__(self) -> str:
         return (

@@ -156,6 +156,16 @@ class Predictor(ABC):
         """(mean, std); std is None for estimators that give no uncertainty."""
         return self.predict(archs), None
 
+    @property
+    def space(self) -> SearchSpace:
+        """The search space whose genes `predict_genes` decodes."""
+        raise NotImplementedError(f"{type(self).__name__} does not know its search space; override `space`")
+
+    def predict_genes(self, G: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """`predict_with_std` of the archs of a gene matrix (N, n_genes) of `self.space`. This default decodes row by
+        row; subclasses that can encode a whole matrix at once override it (the search scores thousands per call)."""
+        return self.predict_with_std([self.space.decode(g) for g in np.asarray(G)])
+
     @abstractmethod
     def save(self, path_dir: str | Path) -> Path:
         """Persist into `path_dir`; returns the path of the main file."""
@@ -256,8 +266,18 @@ class SklearnPredictor(Predictor):
     def predict(self, archs: Sequence[Arch]) -> np.ndarray:
         return self.predict_with_std(archs)[0]
 
+    @property
+    def space(self) -> SearchSpace:
+        return self.encoder.space
+
     def predict_with_std(self, archs: Sequence[Arch]) -> tuple[np.ndarray, np.ndarray | None]:
-        X = self.encoder.transform(archs)
+        return self._predict_features(self.encoder.transform(archs))
+
+    def predict_genes(self, G: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return self._predict_features(self.encoder.transform_genes(G))
+
+    def _predict_features(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(mean, std) of the pipeline on feature rows; std only from a Gaussian process."""
         has_std = isinstance(self.pipeline[-1], GaussianProcessRegressor)
         if len(X) == 0:
             return np.zeros(0), (np.zeros(0) if has_std else None)
