@@ -40,12 +40,14 @@ $(SHAKESPEARE): | $(VENV)/.installed
 test: setup
 	$(PY) -m pytest
 
-# The pipeline on the default dataset; each stage joins the day it lands (today: train, measure, fit predictors).
+# The pipeline on the default dataset; each stage joins the day it lands (today: train, measure + fit predictors,
+# search). The search reuses the 200 measured archs and measures 60 more that its predictors choose.
 demo: setup
 	$(VENV)/bin/nas-train experiment=demo
 	$(VENV)/bin/nas-measure run=results/demo n_archs=200
 	$(VENV)/bin/nas-fit run=results/demo
-	@echo "demo: results/demo/ (training_curves.png, supernet.safetensors) and results/demo/predictors/ (measurements.csv, report.json, scatter_*.png)"
+	$(VENV)/bin/nas-search run=results/demo "search.objectives=[accuracy,latency,bytes]" search.budget=260 search.batch_size=20
+	@echo "demo: results/demo/ (training_curves.png, supernet.safetensors), results/demo/predictors/ (measurements.csv, report.json, scatter_*.png), results/demo/search/ (pareto.png, hypervolume.png, pareto.csv, evaluations.csv, search.json)"
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -57,6 +59,9 @@ bench: setup
 	$(PY) bench/train_cost.py
 	$(PY) bench/latency_measurement.py
 	$(PY) bench/train_quality.py
+	$(PY) bench/search_speed.py --run results/demo
+	@if [ -f results/gt_small/predictors/measurements.csv ]; then $(PY) bench/search_groundtruth.py; \
+	 else echo "bench/search_groundtruth.py needs the small-space ground truth: see its docstring"; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -28,6 +28,7 @@ from predictors.measure import LatencyConfig, candidate_archs, check_device, fix
 from predictors.table import MeasurementTable
 from supernet.arch import Arch
 from supernet.artifact import load_supernet
+from supernet.model import Supernet
 from supernet.space import SearchSpace
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -102,17 +103,14 @@ def check_settings(out: Path, current: dict[str, Any], create: bool) -> None:
             )
 
 
-def measure_run(cfg: DictConfig) -> Path:
-    """Measure `cfg.n_archs` candidates of the supernet in `cfg.run`; returns the table's path."""
-    run = Path(cfg.run)
-    net, info = load_supernet(run)
+def prepare(cfg: DictConfig) -> tuple[Supernet, list, torch.Tensor, LatencyConfig]:
+    """(supernet, fixed validation batches, latency example, latency config) for measuring archs of `cfg.run`."""
+    net, info = load_supernet(Path(cfg.run))
     try:
         lat_cfg = LatencyConfig(**OmegaConf.to_container(cfg.latency, resolve=True))
     except TypeError as e:
         raise ValueError(f"bad latency config: {e}") from None
     check_device(lat_cfg.device)
-    if not 0 <= cfg.holdout_fraction < 1:
-        raise ValueError(f"holdout_fraction={cfg.holdout_fraction} must be in [0, 1)")
     dm = build_data(info, OmegaConf.to_container(cfg.data_overrides, resolve=True))
     dm.setup()
     batches = fixed_batches(dm.val_subset_dataloader())
@@ -121,7 +119,15 @@ def measure_run(cfg: DictConfig) -> Path:
     example = batches[0][0][: lat_cfg.batch_size]
     if len(example) < lat_cfg.batch_size:
         raise ValueError(f"latency.batch_size={lat_cfg.batch_size} exceeds the validation subset's first batch")
+    return net, batches, example, lat_cfg
 
+
+def measure_run(cfg: DictConfig) -> Path:
+    """Measure `cfg.n_archs` candidates of the supernet in `cfg.run`; returns the table's path."""
+    run = Path(cfg.run)
+    if not 0 <= cfg.holdout_fraction < 1:
+        raise ValueError(f"holdout_fraction={cfg.holdout_fraction} must be in [0, 1)")
+    net, batches, example, lat_cfg = prepare(cfg)
     check_settings(Path(cfg.out), settings(cfg, run), create=True)
     table = MeasurementTable(Path(cfg.out) / TABLE_NAME, table_columns(net.config.task))
     if table.dropped_partial_line:

@@ -1,0 +1,168 @@
+"""The optuna backend: a study of real evaluations in a shared database, driven by optuna's multi-objective samplers.
+
+Every `nas-search search.backend=optuna` process is one worker: it asks the study for an arch (the sampler sees all
+workers' results), measures it, and tells the values back, until the study holds `budget` distinct measured archs.
+The study lives at `search.optuna.storage`: SQLite in the run directory by default, PostgreSQL (or any SQLAlchemy
+URL optuna supports) to share it between machines. The measured row of every arch is stored with its trial, so an
+arch the sampler proposes again is answered from the study instead of being re-measured, and a restarted worker
+continues the same study. Worker heartbeats let optuna fail the trial of a worker that died mid-measurement.
+
+evaluations.csv and the other outputs are views of the study, rewritten from it when a worker finishes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+import optuna
+
+from predictors.table import MeasurementTable
+from search.loop import TABLE_NAME, RefinementSearch
+from search.report import write_outputs
+from supernet.arch import Arch
+from supernet.costs import arch_costs
+
+SAMPLERS = ("nsga2", "tpe", "random")
+# Stop asking after this many proposals in a row that were all measured already (a small space can run dry).
+MAX_REPEATS = 200
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """optuna's sampler for `name`, seeded (constraints reach it through `Trial.set_constraint`)."""
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"unknown search.optuna.sampler {name!r}; valid samplers: {list(SAMPLERS)}")
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """The study storage at `url`, or one clear error when it cannot be reached."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
+            return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+    except ModuleNotFoundError as e:
+        raise ValueError(f"optuna storage {url!r} needs the database driver {e.name!r}: pip install it") from None
+    except Exception as e:  # SQLAlchemy raises many types (OperationalError, ArgumentError, ...) for one problem
+        reason = str(e).strip().splitlines()[0][:200]
+        raise ValueError(f"cannot open the optuna storage {url!r} ({reason}); check the URL and that the database "
+                         "server is reachable, or leave search.optuna.storage unset for SQLite in the run "
+                         "directory") from None  # fmt: skip
+
+
+class OptunaSearch(RefinementSearch):
+    """A worker of a shared optuna study; outputs are written like the refinement loop's."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        opt = self.cfg.optuna
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # nas-search prints its own line per trial
+        self.url = opt.storage or f"sqlite:///{(self.out / 'optuna.db').resolve()}"
+        storage = open_storage(self.url)
+        # Workers started together must not propose the same sequence: the process id joins the seed.
+        sampler = make_sampler(opt.sampler, self.cfg.seed * 100_003 + os.getpid() % 100_003)
+        directions = ["maximize" if o.direction == "max" else "minimize" for o in self.objectives]
+        self.study = optuna.create_study(storage=storage, study_name=opt.study_name, directions=directions,
+                                         sampler=sampler, load_if_exists=True)  # fmt: skip
+        saved = self.study.user_attrs.get("settings")
+        if saved is None:
+            self.study.set_user_attr("settings", self.settings())
+            for arch in {a.key(): a for a in (self.space.largest(), self.space.smallest())}.values():
+                self.study.enqueue_trial(self._params(arch))  # the extremes span the hypervolume's bounds
+        elif saved != self.settings():
+            raise ValueError(f"study {opt.study_name!r} in {self.url} was created with other settings (objectives, "
+                             "space, supernet or measurement); use another study_name")  # fmt: skip
+
+    # ---- arch <-> trial ----------------------------------------------------------------------------------------------
+
+    def _params(self, arch: Arch) -> dict[str, Any]:
+        p: dict[str, Any] = {"depth": arch.depth, "embed_dim": arch.embed_dim, "a_bits": arch.a_bits}
+        for i in range(arch.depth):
+            p |= {
+                f"num_heads_{i}": arch.num_heads[i],
+                f"mlp_ratio_{i}": arch.mlp_ratio[i],
+                f"w_bits_{i}": arch.w_bits[i],
+            }
+        return p
+
+    def suggest(self, trial: optuna.Trial) -> Arch:
+        """Define-by-run: per-layer choices are suggested only for active layers, so no gene is ever inactive."""
+        s = self.space
+        depth = trial.suggest_categorical("depth", list(s.depth))
+        layers = [(trial.suggest_categorical(f"num_heads_{i}", list(s.num_heads)),
+                   trial.suggest_categorical(f"mlp_ratio_{i}", list(s.mlp_ratio)),
+                   trial.suggest_categorical(f"w_bits_{i}", list(s.w_bits))) for i in range(depth)]  # fmt: skip
+        h, r, w = zip(*layers, strict=True)
+        return Arch(depth, trial.suggest_categorical("embed_dim", list(s.embed_dim)), h, r, w,
+                    trial.suggest_categorical("a_bits", list(s.a_bits)))  # fmt: skip
+
+    def reference_rows(self) -> list[dict[str, str]]:
+        """The first `initial` measured archs (the extremes were enqueued first) bound the hypervolume."""
+        rows = sorted(self.table.rows.values(), key=lambda r: int(r["iteration"]))
+        return rows[: self.cfg.initial]
+
+    # ---- the worker loop -------------------------------------------------------------------------------------------
+
+    def measured_trials(self) -> list[optuna.trial.FrozenTrial]:
+        """Complete trials that measured a new arch (not answered from the study), in trial order."""
+        done = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        return [t for t in done if "row" in t.user_attrs and not t.user_attrs.get("repeat")]
+
+    def objective(self, trial: optuna.Trial) -> list[float]:
+        """One trial: suggest an arch, measure it (or answer from the study if any worker measured it already)."""
+        arch = self.suggest(trial)
+        known = {t.user_attrs["key"]: t.user_attrs["row"] for t in self.measured_trials()}
+        row = known.get(arch.key())
+        self._repeats = self._repeats + 1 if row is not None else 0
+        if row is None:
+            row = {**self.evaluator.evaluate(arch), **arch_costs(arch, self.model_config).to_dict()}
+        violations = [float(c.violation(np.asarray(row[c.objective.column]))) for c in self.constraints]
+        for name, value in (("key", arch.key()), ("arch", arch.to_dict()), ("row", row), ("repeat", self._repeats > 0)):
+            trial.set_user_attr(name, value)
+        if violations:
+            trial.set_constraint(violations)  # <= 0 where satisfied, as the samplers expect
+        if not self._repeats:
+            self.log(f"nas-search: trial {trial.number}: {len(known) + 1}/{self.cfg.budget} archs measured, "
+                     + ", ".join(f"{o.name}={row[o.column]:.4g}" for o in self.objectives))  # fmt: skip
+        return [float(row[o.column]) for o in self.objectives]
+
+    def _stop_at_budget(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if len(self.measured_trials()) >= self.cfg.budget or self._repeats >= MAX_REPEATS:
+            study.stop()
+
+    def run(self) -> dict[str, Any]:
+        start, self._repeats = time.perf_counter(), 0
+        n = len(self.measured_trials())
+        self.log(f"nas-search: optuna study {self.cfg.optuna.study_name!r} in {self.url}: {n} archs measured")
+        if n < self.cfg.budget:
+            # optimize (not ask/tell) so that optuna records this worker's heartbeats and fails a dead worker's trial
+            self.study.optimize(self.objective, callbacks=[self._stop_at_budget])
+        self.sync_table()
+        last = max((int(r["iteration"]) for r in self.table.rows.values()), default=0)
+        self._record(last, {"backend": "optuna", "sampler": self.cfg.optuna.sampler, "storage": self.url})
+        self.state["timing"] = {"last_run_seconds": time.perf_counter() - start}
+        write_outputs(self)
+        return self.state
+
+    def sync_table(self) -> None:
+        """Rewrite evaluations.csv from the study (all workers' measurements); iteration = trial number."""
+        path = self.out / TABLE_NAME
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        table = MeasurementTable(tmp, self.columns)
+        for t in self.measured_trials():
+            arch = Arch.from_dict(t.user_attrs["arch"])
+            row = {"key": arch.key(), "genes": " ".join(map(str, self.space.encode(arch))), "iteration": t.number,
+                   **{c: t.user_attrs["row"][c] for c in self.columns if c in t.user_attrs["row"]}}  # fmt: skip
+            row.update({f"{p}_{q.column}": "" for q in self.measured for p in ("pred", "std")})
+            if row["key"] not in table:
+                table.append(row)
+        os.replace(tmp, path)
+        self.table = MeasurementTable(path, self.columns)
