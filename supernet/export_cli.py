@@ -1,0 +1,259 @@
+"""`nas-export`: extract a chosen subnet and ship it as a standalone model (see conf/export.yaml for every option).
+
+    nas-export run=results/demo                         # the knee point of results/demo/search/pareto.csv
+    nas-export run=results/demo select=best best=accuracy where.latency.max=1.0
+
+Writes `<run>/subnets/<name>/`: `arch.yaml` (arch, model config, measured and predicted metrics, provenance,
+verification, weights hash), `model.safetensors` (packed low-bit weights, supernet/subnet_io.py), `model.onnx` and
+`report.md`. Before anything is kept, the exported files are loaded back and checked against `supernet(x, arch)` on
+real validation data, in PyTorch and in ONNX Runtime. The directory appears only when everything succeeded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from predictors.measure import evaluate, latency
+from predictors.measure_cli import CONF_DIR, build_data, prepare
+from search.choose import choose, read_front
+from supernet.arch import Arch
+from supernet.artifact import read_metadata
+from supernet.costs import arch_costs
+from supernet.extract import extract_subnet
+from supernet.model import Supernet
+from supernet.onnx_export import export_onnx, run_onnx
+from supernet.qat import bake_weight_quantizers
+from supernet.subnet_io import load_subnet, save_subnet
+from supernet.training import SubnetModule
+
+
+class AtArch(torch.nn.Module):
+    """The supernet fixed at one arch, so its latency is measured the same way as the exported module's."""
+
+    def __init__(self, net: Supernet, arch: Arch) -> None:
+        super().__init__()
+        self.net, self.arch = net, arch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x, self.arch)
+
+
+def pick(cfg: DictConfig, meta: dict[str, Any], supernet_sha: str) -> tuple[Arch, dict[str, str] | None, str, str]:
+    """(arch, its pareto.csv row or None, why it was chosen, default folder name)."""
+    space = meta["space"]
+    if cfg.arch:
+        try:
+            arch = space.validate(Arch.from_yaml(Path(str(cfg.arch))))
+        except ValueError as e:
+            raise ValueError(f"arch={cfg.arch}: {e}") from None
+        return arch, None, f"the arch in {cfg.arch}", "arch"
+    rows, objectives, state = read_front(cfg.search)
+    if state.get("supernet_sha256") not in (None, supernet_sha):
+        raise ValueError(
+            f"{cfg.search} was searched on another supernet than {cfg.run}/supernet.safetensors "
+            "(hash differs); search again or point search= at this run's search"
+        )
+    where = OmegaConf.to_container(cfg.where, resolve=True) if cfg.where else {}
+    row, why = choose(rows, objectives, cfg.select, cfg.index, cfg.best, where, meta["model"].task)
+    arch = space.decode([int(g) for g in row["genes"].split()])
+    name = {"index": f"index{cfg.index}", "best": f"best_{cfg.best}"}.get(cfg.select, cfg.select)
+    return arch, row, why, name
+
+
+def finetune(net: Supernet, sub: torch.nn.Module, info: dict, cfg: DictConfig) -> None:
+    """Distil `sub` (quantization-aware form) from the supernet's largest arch for `cfg.finetune.epochs` epochs."""
+    overrides = {**OmegaConf.to_container(cfg.data_overrides, resolve=True)}
+    if cfg.finetune.train_subset:
+        overrides["train_subset"] = cfg.finetune.train_subset
+    dm = build_data(info, overrides)
+    largest = net.space.largest()
+    module = SubnetModule(
+        sub, {"lr": cfg.finetune.lr, "warmup_fraction": 0.0, "seed": cfg.seed}, teacher=lambda x: net(x, largest)
+    )
+    L.seed_everything(cfg.seed, verbose=False)
+    trainer = L.Trainer(
+        max_epochs=cfg.finetune.epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        enable_model_summary=False,
+        gradient_clip_val=1.0,
+    )
+    trainer.fit(module, datamodule=dm)
+    sub.eval()
+
+
+@torch.no_grad()
+def verify(reference: torch.nn.Module, exported: torch.nn.Module, onnx_path: Path, x: torch.Tensor) -> dict:
+    """Max |Δ| and argmax agreement of the exported module and the ONNX model against `reference` on `x`."""
+    ref = reference(x)
+    out = {}
+    for name, y in (("torch", exported(x)), ("onnx", torch.from_numpy(run_onnx(onnx_path, x)))):
+        out[name] = {
+            "max_abs_diff": float((y - ref).abs().max()),
+            "argmax_agreement": float((y.argmax(-1) == ref.argmax(-1)).float().mean()),
+        }
+    return out
+
+
+def export_run(cfg: DictConfig) -> Path:
+    """Choose, extract, (fine-tune,) save, reload, verify; returns the subnet's directory."""
+    run = Path(cfg.run)
+    if not run.is_dir():
+        raise ValueError(f"run directory {run} does not exist; train one with nas-train or pass run=<dir>")
+    meta = read_metadata(run)
+    supernet_sha = hashlib.sha256((run / "supernet.safetensors").read_bytes()).hexdigest()
+    arch, row, why, default_name = pick(cfg, meta, supernet_sha)
+    out = Path(cfg.out) / str(cfg.name or default_name)
+    if out.exists() and not cfg.overwrite:
+        raise ValueError(f"{out} already exists; pass overwrite=true to replace it, or name=<another name>")
+    print(f"nas-export: exporting {arch.key()}: {why}")
+    net, batches, example, lat_cfg = prepare(cfg)
+    task = net.config.task
+    sub = extract_subnet(net, arch, qat=True)
+    metrics: dict[str, Any] = {"measured_at_export": evaluate(sub, batches, task)}
+    if cfg.finetune.epochs > 0:
+        before = metrics["measured_at_export"]
+        finetune(net, sub, meta["info"], cfg)
+        metrics["finetune"] = {"epochs": cfg.finetune.epochs, "before": before, "after": evaluate(sub, batches, task)}
+        print(f"nas-export: fine-tuned {cfg.finetune.epochs} epoch(s): {before} -> {metrics['finetune']['after']}")
+    reference = bake_weight_quantizers(sub) if cfg.finetune.epochs > 0 else AtArch(net, arch)
+
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_subnet(sub, tmp)
+    exported = load_subnet(tmp)  # everything below uses the files as a user would get them
+    x = torch.cat([b[0] for b in batches])[: cfg.verify.batch]
+    onnx_path = export_onnx(exported, x[:2], tmp / "model.onnx")
+    checks = verify(reference, exported, onnx_path, x)
+    ok = all(c["max_abs_diff"] <= cfg.verify.atol and c["argmax_agreement"] == 1.0 for c in checks.values())
+    metrics["measured_at_export"] = evaluate(exported, batches, task)
+    search_cols = {
+        k: float(v)
+        for k, v in (row or {}).items()
+        if v not in ("", None)
+        and k not in ("key", "genes")
+        and not k.startswith(("pred_", "std_"))
+        and k not in ("rank", "iteration")
+    }
+    predicted = {k[5:]: float(v) for k, v in (row or {}).items() if k.startswith("pred_") and v}
+    lat = {
+        "exported_ms": latency(exported, example, lat_cfg)["latency_ms"],
+        "supernet_at_arch_ms": latency(AtArch(net, arch), example, lat_cfg)["latency_ms"],
+        "predicted_ms": predicted.get("latency_ms"),
+        "measured_in_search_ms": search_cols.get("latency_ms"),
+        "settings": OmegaConf.to_container(cfg.latency, resolve=True),
+    }
+    size = (tmp / "model.safetensors").stat().st_size
+    cost_bytes = arch_costs(arch, net.config).bytes
+    extra = {
+        "metrics": {**metrics, "search_measured": search_cols, "predicted": predicted},
+        "size": {
+            "weights_file_bytes": size,
+            "cost_model_bytes": cost_bytes,
+            "ratio": size / cost_bytes,
+            "onnx_file_bytes": onnx_path.stat().st_size,
+        },
+        "verification": {
+            "inputs": len(x),
+            "atol": cfg.verify.atol,
+            "passed": ok,
+            "reference": "fine-tuned module" if cfg.finetune.epochs > 0 else "supernet(x, arch)",
+            **checks,
+        },
+        "latency": lat,
+        "provenance": {
+            "supernet": str(run / "supernet.safetensors"),
+            "supernet_sha256": supernet_sha,
+            "search": None if row is None else str(cfg.search),
+            "selection": why,
+            "seed": cfg.seed,
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+        "preprocessing": (meta["info"].get("data") or {}).get("preprocessing"),
+    }
+    save_subnet(sub, tmp, extra=json.loads(json.dumps(extra, default=float)))  # same weights; arch.yaml completed
+    (tmp / "report.md").write_text(report(arch, extra))
+    if not ok:
+        raise ValueError(f"verification failed: {checks} (tolerance {cfg.verify.atol}); nothing was written to {out}")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    for name, c in checks.items():
+        print(
+            f"nas-export: {name}: max |Δ| {c['max_abs_diff']:.2e}, argmax agreement {100 * c['argmax_agreement']:.1f} %"
+        )
+    print(
+        f"nas-export: weights {size} bytes ({size / cost_bytes:.4f} × the cost model's {cost_bytes}); latency "
+        f"{lat['exported_ms']:.3f} ms exported vs {lat['supernet_at_arch_ms']:.3f} ms supernet at arch"
+    )
+    return out
+
+
+def report(arch: Arch, extra: dict[str, Any]) -> str:
+    """The human-readable summary written as report.md."""
+    m, v, lat, size = extra["metrics"], extra["verification"], extra["latency"], extra["size"]
+    lines = [
+        f"# Exported subnet `{arch.key()}`",
+        "",
+        f"Chosen as {extra['provenance']['selection']}.",
+        "",
+        "| | value |",
+        "| --- | --- |",
+    ]
+    lines += [f"| {k} (validation subset, at export) | {val:.4g} |" for k, val in m["measured_at_export"].items()]
+    lines += [f"| {k} (measured during search) | {val:.4g} |" for k, val in m["search_measured"].items()]
+    lines += [f"| {k} (predicted during search) | {val:.4g} |" for k, val in m["predicted"].items()]
+    if "finetune" in m:
+        ft = m["finetune"]
+        lines += [f"| fine-tuning ({ft['epochs']} epochs) | {ft['before']} -> {ft['after']} |"]
+    fmt = lambda x: "–" if x is None else f"{x:.3f} ms"  # noqa: E731
+    lines += [
+        f"| latency: exported module | {fmt(lat['exported_ms'])} |",
+        f"| latency: supernet at this arch | {fmt(lat['supernet_at_arch_ms'])} |",
+        f"| latency: predicted in search | {fmt(lat['predicted_ms'])} |",
+        f"| latency: measured in search | {fmt(lat['measured_in_search_ms'])} |",
+        f"| weights file | {size['weights_file_bytes']} bytes ({size['ratio']:.4f} × cost model) |",
+        f"| ONNX file | {size['onnx_file_bytes']} bytes |",
+        "",
+        f"Verification on {v['inputs']} validation inputs against {v['reference']} (tolerance {v['atol']}): "
+        + ("**passed**" if v["passed"] else "**FAILED**"),
+        "",
+    ]
+    lines += [
+        f"- {n}: max |Δ| {v[n]['max_abs_diff']:.2e}, argmax agreement {100 * v[n]['argmax_agreement']:.1f} %"
+        for n in ("torch", "onnx")
+    ]
+    lines += [
+        "",
+        "Load it with `from supernet.subnet_io import load_subnet; model = load_subnet('<this folder>')`,",
+        "or run `model.onnx` in ONNX Runtime. Inputs use the training preprocessing recorded in arch.yaml.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+@hydra.main(config_path=CONF_DIR, config_name="export", version_base=None)
+def main(cfg: DictConfig) -> None:
+    try:
+        out = export_run(cfg)
+    except ValueError as e:
+        print(f"nas-export: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"nas-export: arch.yaml, model.safetensors, model.onnx, report.md in {out}")
+
+
+if __name__ == "__main__":
+    main()
