@@ -40,14 +40,15 @@ $(SHAKESPEARE): | $(VENV)/.installed
 test: setup
 	$(PY) -m pytest
 
-# The pipeline on the default dataset; each stage joins the day it lands (today: train, measure + fit predictors,
-# search). The search reuses the 200 measured archs and measures 60 more that its predictors choose.
+# The whole pipeline on the default dataset: train, measure + fit and audit predictors, search (the search reuses
+# the 200 measured archs and measures 60 more that its predictors choose), export the knee point.
 demo: setup
 	$(VENV)/bin/nas-train experiment=demo
 	$(VENV)/bin/nas-measure run=results/demo n_archs=200
 	$(VENV)/bin/nas-fit run=results/demo
 	$(VENV)/bin/nas-search run=results/demo "search.objectives=[accuracy,latency,bytes]" search.budget=260 search.batch_size=20
-	@echo "demo: results/demo/ (training_curves.png, supernet.safetensors), results/demo/predictors/ (measurements.csv, report.json, scatter_*.png), results/demo/search/ (pareto.png, hypervolume.png, pareto.csv, evaluations.csv, search.json)"
+	$(VENV)/bin/nas-export run=results/demo select=knee overwrite=true
+	@echo "demo: results/demo/ (training_curves.png, supernet.safetensors), predictors/ (measurements.csv, report.json, scatter_*.png), search/ (pareto.png, hypervolume.png, pareto.csv, evaluations.csv, search.json), subnets/knee/ (arch.yaml, model.safetensors, model.onnx, report.md)"
 
 lint: setup
 	$(VENV)/bin/ruff check .
