@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 from torch.nn.utils import parametrize
 
@@ -61,13 +61,19 @@ def _latent(sub: StaticSubnet, name: str) -> torch.Tensor:
 
 @torch.no_grad()
 def pack_subnet(sub: StaticSubnet) -> dict[str, np.ndarray]:
-    """The three flat arrays of the weights file for `sub` (quantization-aware or float form, see qat.py).
+    """The three flat arrays of the weights file for `sub`, in quantization-aware form (`extract_subnet(...,
+    qat=True)`, possibly fine-tuned): its low-bit layers hold latent float weights behind their quantizer.
 
-    Codes and scales are recomputed from the latent float weights with the same `weight_codes` the supernet uses,
-    so unpacking reproduces the quantized weights bit for bit.
+    Codes and scales are computed from the latent weights with the same `weight_codes` the supernet uses, so
+    unpacking reproduces the quantized weights bit for bit. (Re-quantizing already quantized weights would not: the
+    recomputed scales can differ in the last bits, so a module without quantizers on its low-bit layers is refused.)
     """
     codes, scales, floats = [], [], []
     for name, shape, bits in _layout(sub.arch, sub.config):
+        *path, attr = name.split(".")
+        if bits < 32 and not parametrize.is_parametrized(sub.get_submodule(".".join(path)), attr):
+            raise ValueError(f"{name} has no weight quantizer: save the quantization-aware module, "
+                             "extract_subnet(net, arch, qat=True), not an extracted or baked one")  # fmt: skip
         t = _latent(sub, name).detach().float().cpu()
         if tuple(t.shape) != shape:
             raise ValueError(f"{name}: module shape {tuple(t.shape)} does not match arch {sub.arch.key()} ({shape})")
@@ -86,6 +92,8 @@ def unpack_subnet(arrays: dict[str, np.ndarray], arch: Arch, config: ModelConfig
     with torch.device("meta"):
         sub = build_subnet(arch, config)
     sub = sub.to_empty(device="cpu")
+    if set(arrays) != {"codes", "scales", "floats"}:
+        raise ValueError(f"weights file holds arrays {sorted(arrays)}, expected codes, scales, floats")
     state: dict[str, torch.Tensor] = {}
     pos = {"codes": 0, "scales": 0, "floats": 0}
 
@@ -139,9 +147,16 @@ def read_arch_yaml(path: str | Path) -> dict[str, Any]:
     p = p / ARCH_NAME if p.is_dir() else p
     if not p.is_file():
         raise ValueError(f"no exported subnet at {path}: expected {ARCH_NAME} (write one with nas-export)")
-    doc = yaml.safe_load(p.read_text())
+    try:
+        doc = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{p} is not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ValueError(f"{p} is not an exported subnet description (format {FORMAT!r})")
+    weights = doc.get("weights")
+    missing = [k for k in ("arch", "model", "key") if k not in doc]
+    if missing or not isinstance(weights, dict) or not {"file", "sha256"} <= set(weights):
+        raise ValueError(f"{p} lacks {missing or ['weights.file/sha256']}: re-export the subnet with nas-export")
     return doc
 
 
@@ -156,7 +171,12 @@ def load_subnet(path: str | Path) -> StaticSubnet:
         raise ValueError(f"{weights} does not match the SHA-256 in {root / ARCH_NAME}: it was changed or damaged")
     arch, config = Arch.from_dict(doc["arch"]), ModelConfig.from_config(doc["model"])
     try:
+        with safe_open(str(weights), framework="numpy") as f:
+            meta = f.metadata() or {}
         arrays = load_file(str(weights))
     except (SafetensorError, OSError) as e:
         raise ValueError(f"{weights} is not a readable weights file ({e})") from None
+    # Two archs can need arrays of the same sizes (e.g. two layers' bit-widths swapped): the file names its arch.
+    if meta.get("format") != FORMAT or meta.get("arch") != arch.key():
+        raise ValueError(f"weights file {weights} holds the weights of {meta.get('arch')!r}, not of {arch.key()}")
     return unpack_subnet(arrays, arch, config)
