@@ -52,8 +52,10 @@ class SearchConfig:
             raise ValueError(f"search.initial={self.initial} exceeds search.budget={self.budget}; lower initial")
         if self.initial < 7:
             raise ValueError(f"search.initial={self.initial} is too few to fit predictors; use at least 7")
-        if not self.kappa >= 0:
-            raise ValueError(f"search.kappa={self.kappa} must be >= 0")
+        if isinstance(self.kappa, bool) or not isinstance(self.kappa, int | float) or not self.kappa >= 0:
+            raise ValueError(f"search.kappa={self.kappa!r} must be a number >= 0")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"search.seed={self.seed!r} must be a non-negative integer")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SearchConfig:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from predictors.measure import candidate_archs
 from predictors.table import MeasurementTable
-from search.algorithms import run_algorithm
+from search.algorithms import build_algorithm, run_algorithm
 from search.config import SearchConfig
 from search.evaluators import Evaluator
 from search.front import HVReference, pareto_indices, select_batch
@@ -77,6 +77,7 @@ class RefinementSearch:
         if missing:
             raise ValueError(f"the evaluator measures {evaluator.columns}, not {missing}")
         self._check_analytic_constraints()
+        self._check_settings()
         self.columns = ["key", "genes", "iteration", *evaluator.columns]
         self.columns += [c for c in COST_COLUMNS if c not in evaluator.columns]
         self.columns += [f"{p}_{q.column}" for q in self.measured for p in ("pred", "std")]
@@ -96,6 +97,20 @@ class RefinementSearch:
             if not c.satisfied(np.asarray([best]))[0]:
                 raise ValueError(f"constraint {c} is infeasible: the best achievable {c.objective.name} in space "
                                  f"'{self.space.name}' is {best:g} ({arch.key()})")  # fmt: skip
+
+    def _check_settings(self) -> None:
+        """Settings that would otherwise fail only after the initial batch was measured."""
+        if self.cfg.backend == "pymoo":
+            build_algorithm(self.cfg.algorithm, self.space, len(self.objectives), self.cfg.pop_size)
+        hv = self.cfg.hv
+        if (hv.ideal is None) != (hv.nadir is None):
+            raise ValueError("search.hv: give both ideal and nadir, or neither (then the initial batch sets them)")
+        for name in ("ideal", "nadir"):
+            v = getattr(hv, name)
+            if v is not None and len(v) != len(self.objectives):
+                raise ValueError(f"search.hv.{name}={list(v)} needs one value per objective {self.cfg.objectives}")
+        if hv.ideal is not None and any(a == b for a, b in zip(hv.ideal, hv.nadir, strict=True)):
+            raise ValueError(f"search.hv: ideal {list(hv.ideal)} and nadir {list(hv.nadir)} must differ everywhere")
 
     def settings(self) -> dict[str, Any]:
         return {"search": self.cfg.resume_key(), "space_fingerprint": self.space.fingerprint(),
@@ -256,8 +271,10 @@ class RefinementSearch:
         if self.state["iterations"]:
             self.log(f"nas-search: continuing in {self.out}: {len(self.table)} evaluations already measured")
         initial = candidate_archs(self.space, min(cfg.initial, cfg.budget), seed=cfg.seed)
+        before = len(self.table)
         seconds = self.measure(initial, 0, {})
-        self._record(0, {"measure_seconds": seconds})
+        if len(self.table) > before or not self._recorded(0):  # a continued run keeps iteration 0's figures
+            self._record(0, {"measure_seconds": seconds})
         iteration = 1
         while True:
             _, before = self.archs_and_rows(before=iteration)
@@ -265,7 +282,7 @@ class RefinementSearch:
             done_here = sum(1 for r in self.table.rows.values() if int(r["iteration"]) == iteration)
             if n <= 0:
                 break
-            if done_here < n or iteration >= len(self.state["iterations"]):
+            if done_here < n or not self._recorded(iteration):
                 archs, info = self.propose(iteration, n)
                 if not archs:
                     self.log("nas-search: the optimiser found no unmeasured candidate; stopping early")
@@ -279,6 +296,9 @@ class RefinementSearch:
         write_outputs(self)
         return self.state
 
+    def _recorded(self, iteration: int) -> bool:
+        return any(e["iteration"] == iteration for e in self.state["iterations"])
+
     def _record(self, iteration: int, info: dict[str, Any]) -> None:
         """Store the iteration's figures in search.json and print its progress line."""
         _, rows = self.archs_and_rows(before=iteration + 1)
@@ -291,7 +311,7 @@ class RefinementSearch:
             **info,
         }
         its = self.state["iterations"]
-        its[:] = [e for e in its if e["iteration"] < iteration] + [entry]
+        its[:] = sorted([e for e in its if e["iteration"] != iteration] + [entry], key=lambda e: e["iteration"])
         self.state.update({"budget": self.cfg.budget, "n_evaluations": len(self.table), **self.provenance})
         self._save_state()
         preds = ", ".join(f"{k}={v['estimator']} (τ {v['cv_kendall_tau']:.2f})"

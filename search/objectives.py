@@ -92,6 +92,8 @@ class Constraint:
 
 def resolve_constraints(cfg: Mapping[str, Any] | None, task: str) -> list[Constraint]:
     """Constraints from a mapping like `{latency: {max: 2.0}, accuracy: {min: 80}}`."""
+    if cfg is not None and not isinstance(cfg, Mapping):
+        raise ValueError(f"constraints={cfg!r} must be a mapping like {{latency: {{max: 2.0}}}}")
     out: list[Constraint] = []
     for name, spec in (cfg or {}).items():
         if name not in OBJECTIVES:

@@ -42,19 +42,28 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     raise ValueError(f"unknown search.optuna.sampler {name!r}; valid samplers: {list(SAMPLERS)}")
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """The study storage at `url`, or one clear error when it cannot be reached."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
-            return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
-    except ModuleNotFoundError as e:
-        raise ValueError(f"optuna storage {url!r} needs the database driver {e.name!r}: pip install it") from None
-    except Exception as e:  # SQLAlchemy raises many types (OperationalError, ArgumentError, ...) for one problem
-        reason = str(e).strip().splitlines()[0][:200]
-        raise ValueError(f"cannot open the optuna storage {url!r} ({reason}); check the URL and that the database "
-                         "server is reachable, or leave search.optuna.storage unset for SQLite in the run "
-                         "directory") from None  # fmt: skip
+def open_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """The study storage at `url`, or one clear error when it cannot be reached.
+
+    Workers starting together on a new database race to create optuna's tables; the losers retry (with backoff) and
+    then find the tables made.
+    """
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
+                return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+        except ModuleNotFoundError as e:
+            raise ValueError(f"optuna storage {url!r} needs the database driver {e.name!r}: pip install it") from None
+        except Exception as e:  # SQLAlchemy raises many types (OperationalError, ArgumentError, ...) for one problem
+            if attempt + 1 < attempts:
+                time.sleep(0.1 * 2**attempt)
+                continue
+            reason = str(e).strip().splitlines()[0][:200]
+            raise ValueError(f"cannot open the optuna storage {url!r} ({reason}); check the URL and that the database "
+                             "server is reachable, or leave search.optuna.storage unset for SQLite in the run "
+                             "directory") from None  # fmt: skip
+    raise AssertionError("unreachable")
 
 
 class OptunaSearch(RefinementSearch):
@@ -65,20 +74,38 @@ class OptunaSearch(RefinementSearch):
         opt = self.cfg.optuna
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # nas-search prints its own line per trial
         self.url = opt.storage or f"sqlite:///{(self.out / 'optuna.db').resolve()}"
-        storage = open_storage(self.url)
         # Workers started together must not propose the same sequence: the process id joins the seed.
         sampler = make_sampler(opt.sampler, self.cfg.seed * 100_003 + os.getpid() % 100_003)
-        directions = ["maximize" if o.direction == "max" else "minimize" for o in self.objectives]
-        self.study = optuna.create_study(storage=storage, study_name=opt.study_name, directions=directions,
-                                         sampler=sampler, load_if_exists=True)  # fmt: skip
-        saved = self.study.user_attrs.get("settings")
-        if saved is None:
+        self.study, created = self._open_study(sampler)
+        if created:  # only the worker that created the study sets it up
             self.study.set_user_attr("settings", self.settings())
             for arch in {a.key(): a for a in (self.space.largest(), self.space.smallest())}.values():
                 self.study.enqueue_trial(self._params(arch))  # the extremes span the hypervolume's bounds
-        elif saved != self.settings():
+        saved = self.study.user_attrs.get("settings")
+        if saved is not None and saved != self.settings():
             raise ValueError(f"study {opt.study_name!r} in {self.url} was created with other settings (objectives, "
                              "space, supernet or measurement); use another study_name")  # fmt: skip
+
+    def _open_study(self, sampler: optuna.samplers.BaseSampler) -> tuple[optuna.Study, bool]:
+        """(the study, whether this worker created it): of workers starting together, one creates the study and the
+        others load it."""
+        directions = ["maximize" if o.direction == "max" else "minimize" for o in self.objectives]
+        name = self.cfg.optuna.study_name
+        for attempt in range(5):
+            try:
+                storage = open_storage(self.url)
+                try:
+                    study = optuna.create_study(
+                        storage=storage, study_name=name, directions=directions, sampler=sampler
+                    )
+                    return study, True
+                except optuna.exceptions.DuplicatedStudyError:
+                    return optuna.load_study(study_name=name, storage=storage, sampler=sampler), False
+            except ValueError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")
 
     # ---- arch <-> trial ----------------------------------------------------------------------------------------------
 
@@ -118,16 +145,24 @@ class OptunaSearch(RefinementSearch):
     def objective(self, trial: optuna.Trial) -> list[float]:
         """One trial: suggest an arch, measure it (or answer from the study if any worker measured it already)."""
         arch = self.suggest(trial)
+        trial.set_user_attr("key", arch.key())  # claimed at once: other workers see it while it is measured
         known = {t.user_attrs["key"]: t.user_attrs["row"] for t in self.measured_trials()}
         row = known.get(arch.key())
+        if row is None:
+            running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            claimed = {t.user_attrs.get("key") for t in running if t.number != trial.number} - {None} - set(known)
+            if arch.key() in claimed or len(known) + len(claimed) >= self.cfg.budget:
+                if len(known) + len(claimed) >= self.cfg.budget:
+                    self.study.stop()
+                raise optuna.TrialPruned("taken by another worker, or the budget is taken")
         self._repeats = self._repeats + 1 if row is not None else 0
         if row is None:
             row = {**self.evaluator.evaluate(arch), **arch_costs(arch, self.model_config).to_dict()}
         violations = [float(c.violation(np.asarray(row[c.objective.column]))) for c in self.constraints]
-        for name, value in (("key", arch.key()), ("arch", arch.to_dict()), ("row", row), ("repeat", self._repeats > 0)):
+        for name, value in (("arch", arch.to_dict()), ("row", row), ("repeat", self._repeats > 0)):
             trial.set_user_attr(name, value)
-        if violations:
-            trial.set_constraint(violations)  # <= 0 where satisfied, as the samplers expect
+        for c, v in zip(self.constraints, violations, strict=True):
+            trial.set_constraint(str(c), v)  # <= 0 where satisfied, as the samplers expect
         if not self._repeats:
             self.log(f"nas-search: trial {trial.number}: {len(known) + 1}/{self.cfg.budget} archs measured, "
                      + ", ".join(f"{o.name}={row[o.column]:.4g}" for o in self.objectives))  # fmt: skip
