@@ -52,16 +52,22 @@ def plot_pareto(search: RefinementSearch, path: Path) -> None:
     _, front = search.hypervolume(rows)
     predicted = (search.state["iterations"][-1].get("predicted_front") or []) if search.state["iterations"] else []
     pairs = [(0, j) for j in range(1, len(objs))]
+    # With 3+ objectives a panel shows a projection of the front, which a connecting line would make zig-zag.
+    line = "-" if len(objs) == 2 else ""
     fig, axes = plt.subplots(1, len(pairs), figsize=(5.4 * len(pairs), 4.4), squeeze=False)
     for ax, (i, j) in zip(axes[0], pairs, strict=True):
         sc = ax.scatter(values[:, j], values[:, i], c=iters, cmap="viridis", s=14, alpha=0.7, label="evaluated")
         if predicted:
             pv = np.asarray([[p[objs[i].column], p[objs[j].column]] for p in predicted])
             order = np.argsort(pv[:, 1])
-            ax.plot(pv[order, 1], pv[order, 0], "x--", color="tab:orange", ms=4, lw=0.8, label="predicted front")
+            ax.plot(pv[order, 1], pv[order, 0], "x--" if line else "x", color="tab:orange", ms=3, lw=0.8, alpha=0.6,
+                    label="predicted front")  # fmt: skip
         fv = values[front]
         order = np.argsort(fv[:, j])
-        ax.plot(fv[order, j], fv[order, i], "o-", color="tab:red", mfc="none", ms=7, lw=1.2, label="measured front")
+        ax.plot(fv[order, j], fv[order, i], "o" + line, color="tab:red", mfc="none", ms=7, lw=1.2,
+                label="measured front")  # fmt: skip
+        if values[:, j].min() > 0 and values[:, j].max() / values[:, j].min() > 20:
+            ax.set_xscale("log")  # costs span orders of magnitude across a space
         ax.set(xlabel=objs[j].label, ylabel=objs[i].label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from predictors.measure import LatencyConfig, evaluate, latency
 from predictors.measure_cli import CONF_DIR, build_data, prepare
+from predictors.models import SklearnPredictor
 from search.choose import choose, read_front
 from supernet.arch import Arch
 from supernet.artifact import read_metadata
@@ -145,6 +146,15 @@ def export_run(cfg: DictConfig) -> Path:
     return out
 
 
+def fitted_prediction(run: Path, arch: Arch, meta: dict[str, Any]) -> dict[str, float]:
+    """{"latency_ms": ...} from the latency predictor nas-fit saved in `<run>/predictors`, when there is one."""
+    try:
+        predictor = SklearnPredictor.load(run / "predictors", "latency_ms", meta["space"], meta["model"])
+    except ValueError:
+        return {}
+    return {"latency_ms": float(predictor.predict([arch])[0])}
+
+
 @dataclass
 class ExportJob:
     """Everything chosen and computed before the files are written."""
@@ -190,6 +200,8 @@ def _write(tmp: Path, out: Path, cfg: DictConfig, job: ExportJob) -> None:
         and k not in ("rank", "iteration")
     }
     predicted = {k[5:]: float(v) for k, v in (row or {}).items() if k.startswith("pred_") and v}
+    if "latency_ms" not in predicted:  # chosen from rows measured before any refit: ask nas-fit's predictor
+        predicted.update(fitted_prediction(run, arch, job.meta))
     lat = {
         "exported_ms": latency(exported, example, lat_cfg)["latency_ms"],
         "supernet_at_arch_ms": latency(AtArch(net, arch), example, lat_cfg)["latency_ms"],
