@@ -11,7 +11,6 @@ never saw. Writes, next to the table: `<objective>.joblib` + `<objective>.json` 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from predictors.measure_cli import (
 from predictors.models import kendall_tau, mape, select_and_fit
 from predictors.table import MeasurementTable
 from supernet.artifact import read_metadata
+from supernet.cli import run_or_exit
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -107,11 +107,7 @@ def fit_run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path=CONF_DIR, config_name="measure", version_base=None)
 def main(cfg: DictConfig) -> None:
-    try:
-        fit_run(cfg)
-    except ValueError as e:
-        print(f"nas-fit: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_or_exit("nas-fit", lambda: fit_run(cfg))
     print(f"nas-fit: predictors, report.json and scatter plots in {cfg.out}")
 
 

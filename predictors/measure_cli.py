@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from predictors.measure import LatencyConfig, candidate_archs, check_device, fix
 from predictors.table import MeasurementTable
 from supernet.arch import Arch
 from supernet.artifact import load_supernet
+from supernet.cli import run_or_exit
 from supernet.model import Supernet
 from supernet.space import SearchSpace
 
@@ -150,11 +150,7 @@ def measure_run(cfg: DictConfig) -> Path:
 
 @hydra.main(config_path=CONF_DIR, config_name="measure", version_base=None)
 def main(cfg: DictConfig) -> None:
-    try:
-        path = measure_run(cfg)
-    except ValueError as e:
-        print(f"nas-measure: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    path = run_or_exit("nas-measure", lambda: measure_run(cfg))
     print(f"nas-measure: measurements in {path}")
 
 

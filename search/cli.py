@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from predictors.table import MeasurementTable
 from search.config import SearchConfig
 from search.evaluators import SupernetEvaluator
 from search.loop import RefinementSearch
+from supernet.cli import run_or_exit
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -82,11 +82,7 @@ def build_search(cfg: DictConfig) -> RefinementSearch:
 
 @hydra.main(config_path=CONF_DIR, config_name="search", version_base=None)
 def main(cfg: DictConfig) -> None:
-    try:
-        state = build_search(cfg).run()
-    except ValueError as e:
-        print(f"nas-search: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    state = run_or_exit("nas-search", lambda: build_search(cfg).run())
     final = state["final"]
     print(
         f"nas-search: {final['n_evaluations']} evaluations, {final['front_size']} archs on the measured front, "

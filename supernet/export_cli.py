@@ -15,7 +15,6 @@ import copy
 import hashlib
 import json
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from predictors.models import SklearnPredictor
 from search.choose import choose, read_front
 from supernet.arch import Arch
 from supernet.artifact import read_metadata
+from supernet.cli import run_or_exit
 from supernet.costs import arch_costs
 from supernet.extract import extract_subnet
 from supernet.model import Supernet
@@ -300,11 +300,7 @@ def report(arch: Arch, extra: dict[str, Any]) -> str:
 
 @hydra.main(config_path=CONF_DIR, config_name="export", version_base=None)
 def main(cfg: DictConfig) -> None:
-    try:
-        out = export_run(cfg)
-    except ValueError as e:
-        print(f"nas-export: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    out = run_or_exit("nas-export", lambda: export_run(cfg))
     print(f"nas-export: arch.yaml, model.safetensors, model.onnx, report.md in {out}")
 
 

@@ -12,7 +12,6 @@ Run directory (`results/<run_name>/`): `config.yaml` (resolved), `checkpoints/{l
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from supernet.artifact import save_supernet
+from supernet.cli import run_or_exit
 from supernet.config import ModelConfig
 from supernet.curves import merge_metrics, plot_curves
 from supernet.space import SearchSpace
@@ -164,11 +164,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        summary = train(cfg, run_dir)
-    except (ValueError, FloatingPointError) as e:
-        print(f"nas-train: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    summary = run_or_exit("nas-train", lambda: train(cfg, run_dir), (ValueError, FloatingPointError))
     if summary:
         vals = ", ".join(f"{k.removeprefix('val/')}={v:.2f}" for k, v in sorted(summary["val_metrics"].items()))
         print(f"nas-train: {summary['global_step']} steps; validation {vals}")

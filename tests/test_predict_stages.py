@@ -76,7 +76,7 @@ def test_bad_input_is_one_clear_error(trained, tmp_path) -> None:
     with pytest.raises(ValueError, match="held-out archs measured; measure more"):
         fit_run(measure_cfg(trained, f"out={few}"))
     with pytest.raises(ValueError, match=r"unknown objective\(s\) \['speed'\]"):
-        fit_run(measure_cfg(trained, "fit.objectives=[speed]"))
+        fit_run(measure_cfg(trained, f"out={few}", "fit.objectives=[speed]"))
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / TABLE_NAME).write_text("key,acc\nx,1\n")
