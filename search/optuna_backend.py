@@ -150,7 +150,9 @@ class OptunaSearch(RefinementSearch):
         row = known.get(arch.key())
         if row is None:
             running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-            claimed = {t.user_attrs.get("key") for t in running if t.number != trial.number} - {None} - set(known)
+            # Earlier trials' claims win: two workers that each counted the other's claim would both give up.
+            earlier = [t for t in running if t.number < trial.number]
+            claimed = {t.user_attrs.get("key") for t in earlier} - {None} - set(known)
             if arch.key() in claimed or len(known) + len(claimed) >= self.cfg.budget:
                 if len(known) + len(claimed) >= self.cfg.budget:
                     self.study.stop()
