@@ -51,3 +51,13 @@ def task_net(request, default_space) -> Supernet:
     """A supernet of every registered task over the default space, random weights, eval mode."""
     torch.manual_seed(0)
     return randomize(build_supernet(default_space, TASK_CONFIGS[request.param])).eval()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Hundreds of tiny forwards: one intra-op thread is several times faster than two on a loaded 2-core machine.
+    Modules opt in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -30,10 +30,11 @@ from tests.test_search import (
     ONE_THREAD_ENV,
     dominated_brute_force,
     minimised,
-    one_torch_thread,  # noqa: F401 (module-scoped autouse fixture)
     read_csv,
     trained_run,
 )
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FAST_SEARCH = [
     "search.budget=20",

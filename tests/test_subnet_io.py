@@ -33,13 +33,7 @@ from tests.conftest import ROOT, TASK_CONFIGS, randomize, sample_input
 N_RANDOM = 50
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Hundreds of tiny forwards: one intra-op thread is several times faster than two on a loaded 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def roundtrip(net, arch: Arch, out: Path) -> StaticSubnet:
