@@ -4,9 +4,13 @@
   deduplicated by canonical key (genes of inactive layers do not make a new arch).
 * Accuracy (or LM loss and bits per byte) on the data module's fixed validation subset, with the supernet's weights
   (no fine-tuning), evaluated on the extracted standalone module.
-* Latency of the extracted module on the chosen device: CPU (threads and batch size from the config) or CUDA
-  (synchronised, CUDA events); warm-up, then the median of `repeats` timings, with IQR and coefficient of variation
-  recorded so noisy measurements are visible.
+* Latency where the subnet will run. By default (`runtime="onnxruntime"`) that is the deployment graph
+  (supernet/runtime/): the subnet in ONNX Runtime with every block linear on the fastest correct low-bit kernel of
+  this machine, from the kernel table. `runtime="torch"` times the extracted PyTorch module instead (a float
+  simulation: quantized weights held as floats, activations fake-quantized), on the CPU or CUDA (CUDA events).
+  Warm-up, then `repeats` timeit-style repeats; the estimate is their minimum (`estimator="min"`, the default: on a
+  noisy shared VM the minimum is far more repeatable than the median) or median, with IQR and coefficient of
+  variation recorded so noisy measurements are visible.
 * Analytic costs from supernet/costs.py.
 
 Every row lands in a `MeasurementTable` (predictors/table.py) as soon as it is measured.
@@ -19,30 +23,47 @@ import statistics
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from scipy.stats import qmc
 
 from supernet.arch import Arch
+from supernet.config import ModelConfig
 from supernet.costs import arch_costs
 from supernet.extract import extract_subnet
 from supernet.model import Supernet
+from supernet.runtime.graph import runtime_model
+from supernet.runtime.kernels import KernelTable, cpu_name
+from supernet.runtime.session import check_runtime, feed, make_session
 from supernet.space import SearchSpace
+
+RUNTIMES = ("onnxruntime", "torch")
+ESTIMATORS = ("min", "median")
 
 
 @dataclass(frozen=True)
 class LatencyConfig:
-    """How latency is measured: device, CPU threads, batch size, warm-up and timed repeats."""
+    """How latency is measured: runtime, device, CPU threads, batch size, warm-up, timed repeats and estimator."""
 
+    runtime: str = "onnxruntime"  # the deployment graph in ONNX Runtime; "torch": the float-simulation module
     device: str = "cpu"
     threads: int = 1
     batch_size: int = 1
-    warmup: int = 5
-    repeats: int = 21
-    min_repeat_ms: float = 10.0  # each timed repeat runs the model enough times to last this long (timeit-style)
+    warmup: int = 10
+    repeats: int = 81
+    min_repeat_ms: float = 3.0  # each timed repeat runs the model enough times to last this long (timeit-style)
+    estimator: str = "min"  # "min" or "median" of the repeats
 
     def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"latency.runtime={self.runtime!r} is not one of {list(RUNTIMES)}")
+        if self.runtime == "onnxruntime" and self.device != "cpu":
+            raise ValueError(f"latency.runtime=onnxruntime runs on the CPU; for device={self.device} use "
+                             "latency.runtime=torch")  # fmt: skip
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"latency.estimator={self.estimator!r} is not one of {list(ESTIMATORS)}")
         for name, low in (("threads", 1), ("batch_size", 1), ("repeats", 2), ("warmup", 0)):
             v = getattr(self, name)
             if not isinstance(v, int) or v < low:
@@ -105,11 +126,7 @@ def evaluate(model: torch.nn.Module, batches: Sequence[tuple[torch.Tensor, torch
 
 @torch.inference_mode()
 def latency(model: torch.nn.Module, example: torch.Tensor, cfg: LatencyConfig) -> dict:
-    """Median latency (ms) of one `model(example)` call, with IQR and CV over `cfg.repeats` timed repeats.
-
-    Each repeat times enough back-to-back calls to last `cfg.min_repeat_ms`, so IQR and CV describe those repeats
-    (per-call jitter averages out inside a repeat), which is what the median's stability depends on.
-    """
+    """Latency (ms) of one `model(example)` call in PyTorch, with IQR and CV over `cfg.repeats` timed repeats."""
     device = check_device(cfg.device)
     model = model.to(device).eval()
     x = example.to(device)
@@ -117,52 +134,104 @@ def latency(model: torch.nn.Module, example: torch.Tensor, cfg: LatencyConfig) -
     if device.type == "cpu":
         torch.set_num_threads(cfg.threads)
     try:
-        for _ in range(cfg.warmup):
-            model(x)
-        timer = _cuda_times if device.type == "cuda" else _cpu_times
-        # Sub-millisecond calls are dominated by timer and scheduler jitter: time `number` calls per repeat.
-        single = statistics.median(timer(model, x, 3, 1))
-        number = max(1, math.ceil(cfg.min_repeat_ms / max(single, 1e-3)))
-        times = [t / number for t in timer(model, x, cfg.repeats, number)]
+        return _timed(lambda: model(x), cfg, _cuda_times if device.type == "cuda" else _cpu_times)
     finally:
         torch.set_num_threads(old_threads)
+
+
+def runtime_latency(model, example: torch.Tensor, cfg: LatencyConfig) -> dict:
+    """Latency (ms) of one call of a runtime model (supernet/runtime/) in ONNX Runtime on the CPU."""
+    session = make_session(model, cfg.threads)
+    inputs = feed(session, example)
+    return _timed(lambda: session.run(None, inputs), cfg, _cpu_times)
+
+
+def _timed(call, cfg: LatencyConfig, timer) -> dict:
+    """Warm-up, then `cfg.repeats` repeats of enough back-to-back calls to last `cfg.min_repeat_ms`.
+
+    IQR and CV describe those repeats (per-call jitter averages out inside a repeat); the estimate is their minimum
+    or median (`cfg.estimator`).
+    """
+    for _ in range(cfg.warmup):
+        call()
+    # Sub-millisecond calls are dominated by timer and scheduler jitter: time `number` calls per repeat.
+    single = statistics.median(timer(call, 3, 1))
+    number = max(1, math.ceil(cfg.min_repeat_ms / max(single, 1e-3)))
+    times = [t / number for t in timer(call, cfg.repeats, number)]
     q1, med, q3 = np.percentile(times, [25, 50, 75])
     cv = statistics.pstdev(times) / statistics.mean(times)
-    return {"latency_ms": float(med), "latency_iqr_ms": float(q3 - q1), "latency_cv": float(cv)}
+    estimate = min(times) if cfg.estimator == "min" else med
+    return {"latency_ms": float(estimate), "latency_iqr_ms": float(q3 - q1), "latency_cv": float(cv)}
 
 
-def _cpu_times(model, x, repeats: int, number: int) -> list[float]:
+def _cpu_times(call, repeats: int, number: int) -> list[float]:
     """Milliseconds of `number` back-to-back calls, `repeats` times."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         for _ in range(number):
-            model(x)
+            call()
         times.append((time.perf_counter() - t0) * 1e3)
     return times
 
 
-def _cuda_times(model, x, repeats: int, number: int) -> list[float]:
+def _cuda_times(call, repeats: int, number: int) -> list[float]:
     """Milliseconds of `number` back-to-back calls between CUDA events, `repeats` times."""
     times = []
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(number):
-            model(x)
+            call()
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
     return times
 
 
+def latency_target(cfg: LatencyConfig) -> dict[str, str]:
+    """Where latency is measured: runtime (with its version) and CPU model; recorded with every measured table."""
+    if cfg.runtime == "onnxruntime":
+        runtime = f"onnxruntime {check_runtime()}"
+    else:
+        runtime = f"torch {torch.__version__} (float simulation)"
+    device = cpu_name() if cfg.device == "cpu" else torch.cuda.get_device_name(check_device(cfg.device))
+    return {"runtime": runtime, "device": device}
+
+
+def kernel_table(
+    cfg: LatencyConfig, config: ModelConfig, example: torch.Tensor, path: str | Path | None = None
+) -> KernelTable | None:
+    """The kernel table for timing in ONNX Runtime with `cfg` on inputs like `example` (None for the torch runtime);
+    persisted at `path` when given."""
+    if cfg.runtime != "onnxruntime":
+        return None
+    tokens = config.tokens(example.shape[1] if config.task == "lm" else None)
+    return KernelTable(cfg.threads, len(example), tokens, path)
+
+
 def measure_arch(
-    net: Supernet, arch: Arch, batches: Sequence, example: torch.Tensor, cfg: LatencyConfig
+    net: Supernet,
+    arch: Arch,
+    batches: Sequence,
+    example: torch.Tensor,
+    cfg: LatencyConfig,
+    kernels: KernelTable | None = None,
 ) -> dict[str, float]:
-    """Every metric of one arch: quality on `batches`, latency on `example`, analytic costs."""
+    """Every metric of one arch: quality on `batches`, latency on `example` (in `cfg.runtime`), analytic costs.
+
+    Quality is scored on the extracted module (the supernet's arithmetic); the runtime model computes the same
+    arithmetic (tested), so the latency belongs to the model whose accuracy is reported.
+    """
     sub = extract_subnet(net, arch)
     row: dict[str, float] = dict(evaluate(sub, batches, net.config.task))
-    row.update(latency(sub, example, cfg))
+    if cfg.runtime == "onnxruntime":
+        if kernels is None:
+            kernels = kernel_table(cfg, net.config, example)
+        model, _ = runtime_model(net, arch, kernels)
+        row.update(runtime_latency(model, example, cfg))
+    else:
+        row.update(latency(sub, example, cfg))
     row.update(arch_costs(arch, net.config).to_dict())
     return row
 

@@ -23,7 +23,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from predictors.measure import LatencyConfig, candidate_archs, check_device, fixed_batches, measure_arch
+from predictors.measure import (
+    LatencyConfig,
+    candidate_archs,
+    check_device,
+    fixed_batches,
+    kernel_table,
+    latency_target,
+    measure_arch,
+)
 from predictors.table import MeasurementTable
 from supernet.arch import Arch
 from supernet.artifact import load_supernet
@@ -36,6 +44,7 @@ COST_COLUMNS = ["params", "macs", "bitops", "bytes"]
 LATENCY_COLUMNS = ["latency_ms", "latency_iqr_ms", "latency_cv"]
 TABLE_NAME = "measurements.csv"
 SETTINGS_NAME = "measurements.json"
+KERNELS_NAME = "kernels.json"
 
 
 def metric_columns(task: str) -> list[str]:
@@ -69,12 +78,25 @@ def build_data(info: dict[str, Any], overrides: dict[str, Any]):
         ) from None
 
 
+def latency_config(cfg: DictConfig) -> LatencyConfig:
+    try:
+        return LatencyConfig(**OmegaConf.to_container(cfg.latency, resolve=True))
+    except TypeError as e:
+        raise ValueError(f"bad latency config: {e}") from None
+
+
+def kernels_path(cfg: DictConfig) -> Path:
+    """Where a run keeps its kernel table (supernet/runtime/kernels.py), shared by measure, search and export."""
+    return Path(cfg.run) / KERNELS_NAME
+
+
 def settings(cfg: DictConfig, run: Path) -> dict[str, Any]:
     """Everything that changes what a measurement means: a resumed table must have been measured the same way."""
     artifact = run / "supernet.safetensors"
     return {
         "supernet_sha256": hashlib.sha256(artifact.read_bytes()).hexdigest() if artifact.is_file() else None,
         "latency": OmegaConf.to_container(cfg.latency, resolve=True),
+        "latency_target": latency_target(latency_config(cfg)),
         "data_overrides": OmegaConf.to_container(cfg.data_overrides, resolve=True),
         "holdout_fraction": cfg.holdout_fraction,
         "seed": cfg.seed,
@@ -106,11 +128,9 @@ def check_settings(out: Path, current: dict[str, Any], create: bool) -> None:
 def prepare(cfg: DictConfig) -> tuple[Supernet, list, torch.Tensor, LatencyConfig]:
     """(supernet, fixed validation batches, latency example, latency config) for measuring archs of `cfg.run`."""
     net, info = load_supernet(Path(cfg.run))
-    try:
-        lat_cfg = LatencyConfig(**OmegaConf.to_container(cfg.latency, resolve=True))
-    except TypeError as e:
-        raise ValueError(f"bad latency config: {e}") from None
+    lat_cfg = latency_config(cfg)
     check_device(lat_cfg.device)
+    latency_target(lat_cfg)  # a runtime that cannot run the kernels is one clear error before anything is measured
     dm = build_data(info, OmegaConf.to_container(cfg.data_overrides, resolve=True))
     dm.setup()
     batches = fixed_batches(dm.val_subset_dataloader())
@@ -132,6 +152,7 @@ def measure_run(cfg: DictConfig) -> Path:
     table = MeasurementTable(Path(cfg.out) / TABLE_NAME, table_columns(net.config.task))
     if table.dropped_partial_line:
         print("nas-measure: dropped a row cut short by an interruption; that arch is measured again")
+    kernels = kernel_table(lat_cfg, net.config, example, kernels_path(cfg))
     archs = candidate_archs(net.space, cfg.n_archs, seed=cfg.seed)
     todo = [a for a in archs if a.key() not in table]
     print(f"nas-measure: {len(archs)} candidates, {len(archs) - len(todo)} already measured, {len(todo)} to go")
@@ -139,7 +160,7 @@ def measure_run(cfg: DictConfig) -> Path:
     bar = tqdm(todo, desc="measuring", unit="arch")
     for arch in bar:
         t0 = time.perf_counter()
-        row = measure_arch(net, arch, batches, example, lat_cfg)
+        row = measure_arch(net, arch, batches, example, lat_cfg, kernels)
         row["key"], row["genes"] = arch.key(), genes_text(net.space, arch)
         row["split"] = split_of(arch, cfg.holdout_fraction, cfg.seed)
         row["seconds"] = round(time.perf_counter() - t0, 3)

@@ -19,7 +19,16 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from predictors.measure_cli import COST_COLUMNS, LATENCY_COLUMNS, SETTINGS_NAME, metric_columns, prepare
+from predictors.measure import kernel_table, latency_target
+from predictors.measure_cli import (
+    COST_COLUMNS,
+    LATENCY_COLUMNS,
+    SETTINGS_NAME,
+    kernels_path,
+    latency_config,
+    metric_columns,
+    prepare,
+)
 from predictors.table import MeasurementTable
 from search.config import SearchConfig
 from search.evaluators import SupernetEvaluator
@@ -35,6 +44,7 @@ def measurement_settings(cfg: DictConfig) -> dict[str, Any]:
     return {
         "supernet_sha256": hashlib.sha256(artifact.read_bytes()).hexdigest(),
         "latency": OmegaConf.to_container(cfg.latency, resolve=True),
+        "latency_target": latency_target(latency_config(cfg)),
         "data_overrides": OmegaConf.to_container(cfg.data_overrides, resolve=True),
     }
 
@@ -64,7 +74,8 @@ def build_search(cfg: DictConfig) -> RefinementSearch:
     net, batches, example, lat_cfg = prepare(cfg)
     columns = [*metric_columns(net.config.task), *LATENCY_COLUMNS, *COST_COLUMNS]
     settings = measurement_settings(cfg)
-    evaluator = SupernetEvaluator(net, batches, example, lat_cfg, columns, settings)
+    kernels = kernel_table(lat_cfg, net.config, example, kernels_path(cfg))
+    evaluator = SupernetEvaluator(net, batches, example, lat_cfg, columns, settings, kernels)
     provenance = {"run": str(cfg.run), "supernet_sha256": settings["supernet_sha256"]}
     if search_cfg.backend == "optuna":
         from search.optuna_backend import OptunaSearch

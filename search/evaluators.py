@@ -19,6 +19,7 @@ from predictors.measure import LatencyConfig, measure_arch
 from predictors.table import MeasurementTable
 from supernet.arch import Arch
 from supernet.model import Supernet
+from supernet.runtime.kernels import KernelTable
 
 
 class Evaluator(ABC):
@@ -47,13 +48,15 @@ class SupernetEvaluator(Evaluator):
         latency: LatencyConfig,
         columns: Sequence[str],
         settings: dict[str, Any] | None = None,
+        kernels: KernelTable | None = None,
     ) -> None:
         self.net, self.batches, self.example, self.latency = net, batches, example, latency
+        self.kernels = kernels
         self.columns = list(columns)
         self._settings = settings or {}
 
     def evaluate(self, arch: Arch) -> dict[str, float]:
-        row = measure_arch(self.net, arch, self.batches, self.example, self.latency)
+        row = measure_arch(self.net, arch, self.batches, self.example, self.latency, self.kernels)
         return {c: float(row[c]) for c in self.columns}
 
     def settings(self) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -87,14 +87,22 @@ def pack_subnet(sub: StaticSubnet) -> dict[str, np.ndarray]:
     return {"codes": cat(codes, np.uint8), "scales": cat(scales, np.float32), "floats": cat(floats, np.float32)}
 
 
-def unpack_subnet(arrays: dict[str, np.ndarray], arch: Arch, config: ModelConfig) -> StaticSubnet:
-    """A standalone module (eval mode, float32, CPU) from the arrays `pack_subnet` wrote."""
-    with torch.device("meta"):
-        sub = build_subnet(arch, config)
-    sub = sub.to_empty(device="cpu")
+class StoredTensor(NamedTuple):
+    """One tensor of a weights file: a packed low-bit matrix (`codes` bytes + per-row `scales`) or plain floats."""
+
+    name: str
+    shape: tuple[int, ...]
+    bits: int  # < 32: `codes` holds bit-packed codes (supernet/packing.py) and `scales` one float per row
+    codes: np.ndarray | None
+    scales: np.ndarray | None
+    floats: np.ndarray | None  # bits == 32: the values, flat
+
+
+def iter_stored(arrays: dict[str, np.ndarray], arch: Arch, config: ModelConfig) -> Iterator[StoredTensor]:
+    """The tensors of the arrays `pack_subnet` wrote, in state-dict order, still packed (what the runtime graph and
+    `unpack_subnet` both read); a file with too few or too many values for `arch` is refused."""
     if set(arrays) != {"codes", "scales", "floats"}:
         raise ValueError(f"weights file holds arrays {sorted(arrays)}, expected codes, scales, floats")
-    state: dict[str, torch.Tensor] = {}
     pos = {"codes": 0, "scales": 0, "floats": 0}
 
     def take(key: str, n: int) -> np.ndarray:
@@ -107,14 +115,27 @@ def unpack_subnet(arrays: dict[str, np.ndarray], arch: Arch, config: ModelConfig
     for name, shape, bits in _layout(arch, config):
         n = int(np.prod(shape))
         if bits < 32:
-            codes = unpack_codes(take("codes", packed_size(n, bits)), bits, n).reshape(shape)
-            scale = torch.from_numpy(take("scales", shape[0]).copy()).reshape(shape[0], 1)
-            state[name] = codes.mul_(scale)  # the same op as supernet.quant.quantize_weight: identical values
+            yield StoredTensor(name, shape, bits, take("codes", packed_size(n, bits)), take("scales", shape[0]), None)
         else:
-            state[name] = torch.from_numpy(take("floats", n).copy()).reshape(shape)
+            yield StoredTensor(name, shape, bits, None, None, take("floats", n))
     left = {k: len(v) - pos[k] for k, v in arrays.items() if len(v) != pos[k]}
     if left:
         raise ValueError(f"weights file has {left} values more than arch {arch.key()} needs: another arch's file?")
+
+
+def unpack_subnet(arrays: dict[str, np.ndarray], arch: Arch, config: ModelConfig) -> StaticSubnet:
+    """A standalone module (eval mode, float32, CPU) from the arrays `pack_subnet` wrote."""
+    with torch.device("meta"):
+        sub = build_subnet(arch, config)
+    sub = sub.to_empty(device="cpu")
+    state: dict[str, torch.Tensor] = {}
+    for t in iter_stored(arrays, arch, config):
+        if t.bits < 32:
+            codes = unpack_codes(t.codes, t.bits, int(np.prod(t.shape))).reshape(t.shape)
+            scale = torch.from_numpy(t.scales.copy()).reshape(t.shape[0], 1)
+            state[t.name] = codes.mul_(scale)  # the same op as supernet.quant.quantize_weight: identical values
+        else:
+            state[t.name] = torch.from_numpy(t.floats.copy()).reshape(t.shape)
     sub.load_state_dict(state, strict=True)
     return sub.eval()
 

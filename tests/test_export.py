@@ -30,7 +30,7 @@ from search.objectives import OBJECTIVES
 from supernet.arch import Arch
 from supernet.artifact import load_supernet
 from supernet.costs import arch_costs
-from supernet.export_cli import export_run
+from export.cli import export_run
 from supernet.onnx_export import run_onnx
 from supernet.subnet_io import load_subnet
 from supernet.train_cli import train
@@ -282,7 +282,7 @@ def test_documented_where_override_composes(tmp_path) -> None:
 def cli_missing_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     missing = tmp_path_factory.mktemp("cli") / "no_such_run"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    res = subprocess.run([sys.executable, "-m", "supernet.export_cli", f"run={missing}"], cwd=ROOT, env=env,
+    res = subprocess.run([sys.executable, "-m", "export.cli", f"run={missing}"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     return res, missing
 

@@ -1,0 +1,191 @@
+"""Which kernel runs each block linear: the fastest *correct* one, from a table measured on this machine.
+
+For a linear of shape (K in, N out) at given weight and activation bits, on `tokens` tokens per call (batch ×
+sequence), every candidate kernel (supernet/runtime/linears.py) is built as a one-linear ONNX Runtime session,
+checked against the supernet's arithmetic (supernet/quant.py) on random inputs and on an adversarial one (all
+activations at the top code, weights of one sign: what overflows U8S8's 16-bit pair sums on CPUs without VNNI), and
+timed interleaved with the others (best of several timeit-style repeats). The fastest kernel that passed is chosen.
+
+The table is keyed by the target (ONNX Runtime version, CPU model, threads, batch, tokens) and persisted as JSON, so
+a run measures each shape once, every later stage reuses the same choices, and a move to another machine or
+runtime starts a new table instead of reusing stale choices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper
+
+from supernet.arch import Arch
+from supernet.config import ModelConfig
+from supernet.packing import pack_codes
+from supernet.quant import quantize_activations, weight_codes
+from supernet.runtime.linears import MS_DOMAIN, Graph, LinearWeights, candidates, emit_linear
+from supernet.runtime.session import check_runtime, make_session
+
+TOLERANCE = 1e-4  # relative to the output's magnitude: float reordering passes, one flipped activation code fails
+_REPEATS, _NUMBER = 7, 10
+
+
+def cpu_name() -> str:
+    """The CPU model, as in `lscpu`."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def linear_shapes(arch: Arch, config: ModelConfig, i: int) -> dict[str, tuple[int, int]]:
+    """(K, N) of the four block linears of layer `i`."""
+    e, hd, f = arch.embed_dim, arch.num_heads[i] * config.head_dim, arch.ffn_hidden(i)
+    return {"qkv": (e, 3 * hd), "proj": (hd, e), "fc1": (e, f), "fc2": (f, e)}
+
+
+def _probe_layer(k_in: int, n_out: int, w_bits: int, seed: int) -> tuple[LinearWeights, torch.Tensor]:
+    """A random layer at `w_bits` (half its rows of one sign, the saturation case) and its quantized weight."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n_out, k_in, generator=g) * 0.05
+    w[: n_out // 2] = w[: n_out // 2].abs() + 0.01
+    bias = torch.randn(n_out, generator=g) * 0.1
+    if w_bits >= 32:
+        return LinearWeights((n_out, k_in), 32, None, None, w.reshape(-1).numpy(), bias.numpy()), w
+    codes, scale = weight_codes(w, w_bits)
+    lw = LinearWeights((n_out, k_in), w_bits, pack_codes(codes, w_bits), scale.reshape(-1).numpy(), None, bias.numpy())
+    return lw, codes * scale
+
+
+def linear_model(weights: LinearWeights, a_bits: int, kernel: str, shape: Sequence[int]) -> onnx.ModelProto:
+    """A one-linear runtime graph (input `shape` = (B, T, K))."""
+    from supernet.runtime.graph import OPSET
+
+    g = Graph()
+    y = emit_linear(g, "x", weights, a_bits, kernel, "l")
+    g.nodes.append(helper.make_node("Identity", [y], ["y"]))
+    graph = helper.make_graph(
+        g.nodes,
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        g.inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)])
+    model.ir_version = 10
+    return model
+
+
+def measure_linear(k_in: int, n_out: int, w_bits: int, a_bits: int, tokens: int, batch: int, threads: int) -> dict:
+    """{"kernel": fastest correct, "us": {kernel: best µs per call}, "rejected": {kernel: why}} for one shape."""
+    weights, w_q = _probe_layer(k_in, n_out, w_bits, seed=k_in * 7919 + n_out)
+    g = torch.Generator().manual_seed(n_out)
+    inputs = [torch.randn(batch, tokens, k_in, generator=g), torch.full((batch, tokens, k_in), 0.75)]
+    refs = [
+        torch.nn.functional.linear(quantize_activations(x, a_bits), w_q, torch.from_numpy(weights.bias)).numpy()
+        for x in inputs
+    ]
+    sessions, rejected = {}, {}
+    for kernel in candidates(w_bits, a_bits, k_in):
+        try:
+            s = make_session(linear_model(weights, a_bits, kernel, (batch, tokens, k_in)), threads)
+            err = max(
+                float(np.abs(s.run(None, {"x": x.numpy()})[0] - r).max() / max(1.0, np.abs(r).max()))
+                for x, r in zip(inputs, refs, strict=True)
+            )
+        except Exception as e:
+            rejected[kernel] = f"fails to run: {str(e).splitlines()[0][:120]}"
+            continue
+        if err > TOLERANCE:
+            rejected[kernel] = f"not exact: relative error {err:.1e}"
+            continue
+        sessions[kernel] = s
+    feed = {"x": inputs[0].numpy()}
+    best = {k: float("inf") for k in sessions}
+    for s in sessions.values():  # warm-up
+        for _ in range(3):
+            s.run(None, feed)
+    for _ in range(_REPEATS):  # interleaved, so machine noise hits every kernel alike; the minimum is the estimate
+        for k, s in sessions.items():
+            t0 = time.perf_counter()
+            for _ in range(_NUMBER):
+                s.run(None, feed)
+            best[k] = min(best[k], (time.perf_counter() - t0) / _NUMBER * 1e6)
+    if not best:
+        raise ValueError(f"no kernel runs a {k_in}x{n_out} linear at w_bits={w_bits}, a_bits={a_bits}: {rejected}")
+    return {"kernel": min(best, key=best.get), "us": {k: round(v, 2) for k, v in best.items()}, "rejected": rejected}
+
+
+class KernelTable:
+    """Kernel choices per linear shape for one target; measured on first use and saved to `path` (if given)."""
+
+    def __init__(self, threads: int, batch: int, tokens: int, path: str | Path | None = None) -> None:
+        self.path = None if path is None else Path(path)
+        self.target = {
+            "runtime": f"onnxruntime {check_runtime()}",
+            "cpu": cpu_name(),
+            "threads": threads,
+            "batch": batch,
+            "tokens": tokens,
+        }
+        self.entries: dict[str, dict[str, Any]] = {}
+        if self.path is not None and self.path.is_file():
+            try:
+                doc = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                doc = {}  # a damaged table only costs re-measuring
+            self.entries = doc.get(self.target_key(), {}) if isinstance(doc, dict) else {}
+
+    def target_key(self) -> str:
+        return " | ".join(f"{k}={v}" for k, v in self.target.items())
+
+    def choose(self, k_in: int, n_out: int, w_bits: int, a_bits: int) -> str:
+        key = f"{k_in}x{n_out} w{w_bits} a{a_bits}"
+        if key not in self.entries:
+            t = self.target
+            self.entries[key] = measure_linear(k_in, n_out, w_bits, a_bits, t["tokens"], t["batch"], t["threads"])
+            self.save()
+        return self.entries[key]["kernel"]
+
+    def plan(self, arch: Arch, config: ModelConfig) -> list[dict[str, str]]:
+        """The kernel of every block linear of `arch`."""
+        return [
+            {
+                name: self.choose(k, n, arch.w_bits[i], arch.a_bits)
+                for name, (k, n) in linear_shapes(arch, config, i).items()
+            }
+            for i in range(arch.depth)
+        ]
+
+    def save(self) -> None:
+        """Merge this target's entries into the file (atomically; other targets' entries are kept)."""
+        if self.path is None:
+            return
+        doc: dict[str, Any] = {}
+        if self.path.is_file():
+            try:
+                doc = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                doc = {}
+        mine = doc.get(self.target_key(), {}) if isinstance(doc, dict) else {}
+        doc = doc if isinstance(doc, dict) else {}
+        doc[self.target_key()] = {**mine, **self.entries}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+        tmp.replace(self.path)
+
+
+def float_plan(arch: Arch) -> list[dict[str, str]]:
+    """Every block linear on the float kernel (the reference the benchmark compares against)."""
+    return [dict.fromkeys(("qkv", "proj", "fc1", "fc2"), "float") for _ in range(arch.depth)]

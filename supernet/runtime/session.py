@@ -1,0 +1,110 @@
+"""ONNX Runtime sessions for runtime models: options, capability checks and what ORT actually runs."""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+MIN_VERSION = (1, 20)  # MatMulNBits with 2/8 bits and a bias input
+FALLBACK = "measure with latency.runtime=torch (a float simulation) instead"
+
+
+def ort():
+    """The onnxruntime module, or one clear error naming what to install."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ValueError(f"onnxruntime is not installed: pip install 'onnxruntime>=1.20', or {FALLBACK}") from None
+    onnxruntime.set_default_logger_severity(3)  # its warnings about unused initializers are not the user's business
+    return onnxruntime
+
+
+def version() -> str:
+    return ort().__version__
+
+
+def session_options(threads: int, optimized_path: str | None = None):
+    so = ort().SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort().ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort().GraphOptimizationLevel.ORT_ENABLE_ALL
+    if optimized_path:
+        so.optimized_model_filepath = optimized_path
+    return so
+
+
+def make_session(model: onnx.ModelProto | bytes | str | Path, threads: int = 1):
+    """A CPU session for `model` (a proto, its bytes, or a path)."""
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
+    elif isinstance(model, Path):
+        model = str(model)
+    return ort().InferenceSession(model, session_options(threads), providers=["CPUExecutionProvider"])
+
+
+def feed(session, x: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
+    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return {session.get_inputs()[0].name: arr}
+
+
+def run(model, x: torch.Tensor, threads: int = 1) -> np.ndarray:
+    """The model's output for `x` in ONNX Runtime on the CPU."""
+    session = make_session(model, threads)
+    return session.run(None, feed(session, x))[0]
+
+
+def executed_ops(model: onnx.ModelProto, threads: int = 1) -> list[str]:
+    """Op types of the graph ONNX Runtime runs after its optimizations (constant folding, fusions)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "optimized.onnx")
+        ort().InferenceSession(
+            model.SerializeToString(), session_options(threads, path), providers=["CPUExecutionProvider"]
+        )
+        return [n.op_type for n in onnx.load(path, load_external_data=False).graph.node]
+
+
+@functools.cache
+def check_runtime() -> str:
+    """The ONNX Runtime version, after checking it runs the kernels the runtime graph uses; one clear error if not."""
+    rt = ort()
+    have = tuple(int(p) for p in rt.__version__.split(".")[:2])
+    if have < MIN_VERSION:
+        raise ValueError(
+            f"onnxruntime {rt.__version__} lacks MatMulNBits with 2/8-bit weights (needs >= "
+            f"{'.'.join(map(str, MIN_VERSION))}): pip install -U onnxruntime, or {FALLBACK}"
+        )
+    from supernet.runtime.linears import Graph, LinearWeights, emit_linear  # a tiny probe of each kernel
+
+    codes = np.full(16 * 16 // 2, 0b01100110, np.uint8)  # 4-bit codes, two per byte
+    w = LinearWeights((16, 16), 4, codes, np.ones(16, np.float32), None, np.zeros(16, np.float32))
+    for kernel, a_bits in (("int8", 8), ("nbits", 32), ("nbits_int8", 8)):
+        g = Graph()
+        y = emit_linear(g, "x", w, a_bits, kernel, "probe")
+        g.nodes.append(onnx.helper.make_node("Identity", [y], ["y"]))
+        graph = onnx.helper.make_graph(
+            g.nodes,
+            "probe",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 16])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+            g.inits,
+        )
+        from supernet.runtime.graph import OPSET
+
+        model = onnx.helper.make_model(
+            graph, opset_imports=[onnx.helper.make_opsetid("", OPSET), onnx.helper.make_opsetid("com.microsoft", 1)]
+        )
+        model.ir_version = 10
+        try:
+            run(model, torch.ones(1, 16))
+        except Exception as e:
+            first = str(e).strip().splitlines()[0][:160]
+            raise ValueError(
+                f"onnxruntime {rt.__version__} cannot run the {kernel} kernel ({first}); {FALLBACK}"
+            ) from None
+    return rt.__version__
