@@ -95,17 +95,27 @@ def check_export(folder: Path, run: Path, arch: Arch) -> dict:
     assert prov["supernet"] == str(run / "supernet.safetensors") and prov["seed"] == 0
     v = doc["verification"]
     assert v["passed"] is True and v["inputs"] == 64 and v["atol"] == 1e-4
-    assert v["onnx"]["max_abs_diff"] <= 1e-4
-    assert v["torch"]["argmax_agreement"] == 1.0 and v["onnx"]["argmax_agreement"] == 1.0
+    assert v["torch"]["max_abs_diff"] <= 1e-4 and v["torch"]["argmax_agreement"] == 1.0
+    want_tol = 1e-4 if arch.a_bits >= 32 else 5e-2
+    assert v["onnx"]["atol"] == want_tol and v["onnx"]["max_abs_diff"] <= want_tol
+    assert v["onnx"]["argmax_agreement"] >= (1.0 if arch.a_bits >= 32 else 0.99)
     net, _ = load_supernet(run)
     size = (folder / "model.safetensors").stat().st_size
     cost = arch_costs(arch, net.config).bytes
     assert doc["size"]["weights_file_bytes"] == size == doc["weights"]["bytes"]
     assert doc["size"]["cost_model_bytes"] == cost and 1.0 < size / cost <= 1.05
     assert doc["size"]["onnx_file_bytes"] == (folder / "model.onnx").stat().st_size
-    assert set(doc["metrics"]["measured_at_export"]) == {"accuracy"}
+    # the runtime model stores low-bit weights low-bit: its tensors take about the packed weights file's bytes
+    assert doc["size"]["onnx_initializer_bytes"] <= 1.10 * size
+    assert doc["size"]["onnx_file_bytes"] <= 1.10 * size + 16_000  # plus the graph itself
+    assert set(doc["metrics"]["measured_at_export"]) == set(doc["metrics"]["runtime_at_export"]) == {"accuracy"}
+    rt = doc["runtime"]
+    assert len(rt["kernels"]) == arch.depth and all(set(k) == {"qkv", "proj", "fc1", "fc2"} for k in rt["kernels"])
+    assert rt["target"]["runtime"].startswith("onnxruntime") and rt["executed_ops"]
+    assert not {"BitShift", "BitwiseAnd"} & set(rt["executed_ops"])  # unpacking folded at session build
     lat = doc["latency"]
-    assert lat["exported_ms"] > 0 and lat["supernet_at_arch_ms"] > 0 and lat["settings"]["repeats"] == 2
+    assert lat["runtime_ms"] > 0 and lat["runtime_float_kernels_ms"] > 0 and lat["float_module_ms"] > 0
+    assert lat["supernet_at_arch_ms"] > 0 and lat["settings"]["repeats"] == 2
     assert doc["preprocessing"]["normalize_mean"] and doc["preprocessing"]["normalize_std"]
     report = (folder / "report.md").read_text()
     assert arch.key() in report and "**passed**" in report and "load_subnet" in report
@@ -138,7 +148,8 @@ def test_default_export_is_the_knee_and_reproduces_the_supernet(searched, knee) 
     with torch.no_grad():
         ref = net(x, arch)
         assert torch.equal(sub(x), ref)
-    assert np.abs(run_onnx(knee / "model.onnx", x) - ref.numpy()).max() <= 1e-4
+    got = run_onnx(knee / "model.onnx", x)
+    assert np.abs(got - ref.numpy()).max() <= (1e-4 if arch.a_bits >= 32 else 5e-2)
 
 
 def test_select_index_and_best(searched) -> None:

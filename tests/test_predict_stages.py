@@ -68,7 +68,7 @@ def test_bad_input_is_one_clear_error(trained, tmp_path) -> None:
     with pytest.raises(ValueError, match="is not a supernet artifact"):
         measure_run(measure_cfg(foreign))
     with pytest.raises(ValueError, match="no CUDA device is available here"):
-        measure_run(measure_cfg(trained, "latency.device=cuda", f"out={tmp_path / 'o'}"))
+        measure_run(measure_cfg(trained, "latency.runtime=torch", "latency.device=cuda", f"out={tmp_path / 'o'}"))
     with pytest.raises(ValueError, match="no measurements at"):
         fit_run(measure_cfg(trained, f"out={tmp_path / 'empty'}"))
     few = tmp_path / "few"

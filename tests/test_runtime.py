@@ -1,0 +1,196 @@
+"""The deployment runtime (supernet/runtime/): the ONNX Runtime graph computes what `supernet(x, arch)` computes,
+on every kernel, with low-bit weights stored low-bit and the unpacking folded away before it runs.
+
+The graph-level property runs over random archs of every registered task model with every kernel a linear supports
+drawn at random per linear; the kernel-level checks compare one linear per kernel and bit-width with the supernet's
+arithmetic exactly (float rounding only).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from predictors.measure import LatencyConfig, _timed, kernel_table
+from supernet import Arch, extract_subnet
+from supernet.quant import quantize_activations
+from supernet.runtime import kernels as kernels_mod
+from supernet.runtime import session as session_mod
+from supernet.runtime.graph import build_runtime_model, plan_of
+from supernet.runtime.kernels import KernelTable, _probe_layer, float_plan, linear_model, linear_shapes, measure_linear
+from supernet.runtime.linears import KERNELS, candidates, supports
+from supernet.runtime.session import executed_ops, run
+from supernet.subnet_io import pack_subnet
+from tests.conftest import sample_input
+
+N_ARCHS = 24  # per task model; each builds and runs one graph
+
+
+def _random_plan(arch: Arch, config, rng: np.random.Generator) -> list[dict[str, str]]:
+    plan = []
+    for i in range(arch.depth):
+        shapes = linear_shapes(arch, config, i)
+        plan.append({n: str(rng.choice(candidates(arch.w_bits[i], arch.a_bits, k))) for n, (k, _) in shapes.items()})
+    return plan
+
+
+def _runtime_out(net, arch: Arch, plan, x: torch.Tensor) -> np.ndarray:
+    model = build_runtime_model(arch, net.config, pack_subnet(extract_subnet(net, arch, qat=True)), plan)
+    return run(model, x)
+
+
+def test_random_archs_and_kernels_match_the_supernet(task_net):
+    """Float activations: equal up to float rounding. 8-bit activations: a last-bit difference before rounding can
+    move one activation by a step, so most outputs are equal to rounding and the predictions agree."""
+    rng = np.random.default_rng(7)
+    space, config = task_net.space, task_net.config
+    x = sample_input(config, batch=8, seed=3)
+    close = agree = outputs = rows = 0
+    archs = [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(N_ARCHS)]
+    for arch in archs:
+        plan = _random_plan(arch, config, rng)
+        with torch.no_grad():
+            want = task_net(x, arch).numpy()
+        got = _runtime_out(task_net, arch, plan, x)
+        assert got.shape == want.shape
+        diff = np.abs(got - want)
+        scale = max(1.0, np.abs(want).max())
+        bound = 1e-4 if arch.a_bits >= 32 else 5e-2  # nas-export's verify.atol / atol_quantized_act
+        assert diff.max() <= bound * scale, (arch.key(), plan, diff.max() / scale)
+        close += int((diff <= 1e-4 * scale).sum())
+        agree += int((got.argmax(-1) == want.argmax(-1)).sum())
+        outputs, rows = outputs + want.size, rows + want[..., 0].size
+    print(f"{config.task}: {close / outputs:.4f} of outputs equal to rounding, argmax agreement {agree / rows:.4f}")
+    assert close >= 0.75 * outputs  # most outputs see no flipped activation code at all
+    assert agree >= 0.97 * rows
+
+
+def test_every_kernel_computes_the_supernets_linear_with_bias():
+    """One linear per kernel and bit-width against quant.py's arithmetic, with a non-zero bias (ONNX Runtime 1.32
+    fuses MatMulInteger -> Cast -> Mul -> Add and then drops the bias; the graph must not let it)."""
+    for a_bits in (8, 32):
+        for w_bits in (1, 2, 4, 32):  # 4 bits and less: no U8S8 pair-sum saturation even on AVX2 without VNNI
+            for k_in in (64, 96, 128):
+                weights, w_q = _probe_layer(k_in, 48, w_bits, seed=k_in)
+                x = torch.randn(2, 5, k_in)
+                want = torch.nn.functional.linear(quantize_activations(x, a_bits), w_q, torch.from_numpy(weights.bias))
+                for kernel in candidates(w_bits, a_bits, k_in):
+                    got = run(linear_model(weights, a_bits, kernel, ["b", "t", k_in]), x)
+                    err = np.abs(got - want.numpy()).max() / max(1.0, want.abs().max().item())
+                    assert err <= 1e-5, (kernel, w_bits, a_bits, k_in, err)
+
+
+def test_kernel_support_rules():
+    assert candidates(32, 32, 128) == ["float"]
+    assert candidates(32, 8, 128) == ["float"]
+    assert set(candidates(4, 32, 128)) == {"float", "nbits"}
+    assert set(candidates(8, 8, 128)) == {"float", "int8", "int8_u8u8", "nbits_int8"}
+    assert not supports("nbits_int8", 2, 8, 512)  # 2-bit MatMulNBits blocks stop at 256: not one block per token
+    with pytest.raises(ValueError, match="unknown kernel"):
+        supports("tensorrt", 4, 8, 64)
+
+
+def test_measured_table_chooses_an_exact_kernel_and_explains_rejections():
+    entry = measure_linear(128, 384, 8, 8, tokens=16, batch=1, threads=1)
+    assert entry["kernel"] in entry["us"] and entry["kernel"] in KERNELS
+    assert set(entry["us"]) | set(entry["rejected"]) == set(candidates(8, 8, 128))
+    assert all(isinstance(why, str) and why for why in entry["rejected"].values())
+    assert entry["us"][entry["kernel"]] == min(entry["us"].values())
+
+
+def test_unpacking_is_folded_and_low_bit_kernels_run(default_space):
+    """What ONNX Runtime actually runs: no bit unpacking per call, and the planned integer / n-bit kernels."""
+    from supernet import build_supernet
+    from tests.conftest import TASK_CONFIGS, randomize
+
+    net = randomize(build_supernet(default_space, TASK_CONFIGS["image"])).eval()
+    arch = Arch(2, 128, (4, 2), (4.0, 2.0), (4, 2), 8)
+    arrays = pack_subnet(extract_subnet(net, arch, qat=True))
+    plan = [{"qkv": "int8", "proj": "int8_u8u8", "fc1": "nbits_int8", "fc2": "float"}] * 2
+    model = build_runtime_model(arch, net.config, arrays, plan)
+    ops = executed_ops(model)
+    assert not {"BitShift", "BitwiseAnd", "Concat", "Unsqueeze"} & set(ops), ops
+    assert ops.count("MatMulIntegerToFloat") + ops.count("MatMulInteger") == 4
+    assert ops.count("MatMulNBits") == 2
+    assert plan_of(model) == plan
+    # low-bit weights stored low-bit: the file is about the packed arrays' size, far below float weights
+    packed = sum(a.nbytes for a in arrays.values())
+    assert model.ByteSize() <= 1.10 * packed
+    float_model = build_runtime_model(arch, net.config, arrays, float_plan(arch))
+    assert float_model.ByteSize() <= 1.10 * packed
+
+
+def test_dynamic_batch_and_sequence(task_net):
+    arch = task_net.space.largest()
+    model = build_runtime_model(arch, task_net.config, pack_subnet(extract_subnet(task_net, arch, qat=True)),
+                                float_plan(arch))  # fmt: skip
+    for batch, seq in ((1, 5), (3, None)):
+        x = sample_input(task_net.config, batch=batch, seq_len=seq, seed=1)
+        with torch.no_grad():
+            want = task_net(x, arch).numpy()
+        assert np.abs(run(model, x) - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+
+
+def test_kernel_table_is_measured_once_and_kept_per_target(tmp_path, monkeypatch, default_space):
+    path = tmp_path / "kernels.json"
+    table = KernelTable(threads=1, batch=1, tokens=16, path=path)
+    arch = Arch(2, 64, (1, 2), (1.0, 2.0), (4, 8), 8)
+    from supernet.config import ModelConfig
+
+    plan = table.plan(arch, ModelConfig())
+    doc = json.loads(path.read_text())
+    assert list(doc) == [table.target_key()] and len(doc[table.target_key()]) == len(table.entries)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(kernels_mod, "measure_linear", boom)
+    again = KernelTable(threads=1, batch=1, tokens=16, path=path)
+    assert again.plan(arch, ModelConfig()) == plan  # read back, nothing re-measured
+    other = KernelTable(threads=2, batch=1, tokens=16, path=path)  # another target starts its own entries
+    with pytest.raises(AssertionError, match="measured again"):
+        other.plan(arch, ModelConfig())
+
+
+def test_latency_config_and_estimator():
+    with pytest.raises(ValueError, match=r"latency.runtime=.tensorrt. is not one of"):
+        LatencyConfig(runtime="tensorrt")
+    with pytest.raises(ValueError, match=r"use latency\.runtime=torch"):
+        LatencyConfig(device="cuda")
+    with pytest.raises(ValueError, match=r"latency\.estimator"):
+        LatencyConfig(estimator="mean")
+    slow = iter([5.0] * 3 + [1.0, 9.0, 3.0, 2.0, 8.0])
+
+    def timer(call, repeats, number):
+        return [next(slow) * number for _ in range(repeats)]
+
+    out = _timed(lambda: None, LatencyConfig(warmup=0, repeats=5, min_repeat_ms=0.0), timer)
+    assert out["latency_ms"] == 1.0  # the minimum of the repeats
+    slow = iter([5.0] * 3 + [1.0, 9.0, 3.0, 2.0, 8.0])
+    out = _timed(lambda: None, LatencyConfig(warmup=0, repeats=5, min_repeat_ms=0.0, estimator="median"), timer)
+    assert out["latency_ms"] == 3.0
+
+
+def test_kernel_table_for_torch_runtime_is_none(default_space):
+    from supernet.config import ModelConfig
+
+    assert kernel_table(LatencyConfig(runtime="torch"), ModelConfig(), torch.zeros(1, 1, 28, 28)) is None
+
+
+def test_old_or_broken_runtime_is_one_clear_line(monkeypatch):
+    class Old:
+        __version__ = "1.16.3"
+
+        @staticmethod
+        def set_default_logger_severity(level):
+            pass
+
+    monkeypatch.setattr(session_mod, "ort", lambda: Old)
+    with pytest.raises(ValueError) as e:
+        session_mod.check_runtime.__wrapped__()
+    msg = str(e.value)
+    assert "onnxruntime 1.16.3" in msg and "MatMulNBits" in msg and "latency.runtime=torch" in msg
+    assert "\n" not in msg
