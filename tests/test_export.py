@@ -23,6 +23,7 @@ import torch
 import yaml
 from hydra import compose, initialize_config_dir
 
+from export.cli import export_run
 from predictors.measure_cli import CONF_DIR
 from search.choose import choose, read_front
 from search.cli import build_search
@@ -30,7 +31,6 @@ from search.objectives import OBJECTIVES
 from supernet.arch import Arch
 from supernet.artifact import load_supernet
 from supernet.costs import arch_costs
-from export.cli import export_run
 from supernet.onnx_export import run_onnx
 from supernet.subnet_io import load_subnet
 from supernet.train_cli import train
