@@ -2,11 +2,12 @@
 
 For 20 archs spread over the default space by MACs, measure latency exactly as `nas-measure` does
 (predictors/measure.py: the runtime model in ONNX Runtime by default, warm-up, timeit-style repeats, the estimator),
-twice, and report the wall time of each measurement (building the model and its session included; the kernel
-table is filled beforehand and its cost reported on its own), the repeat CV within it, and how far the two
-estimates differ. Targets (issue 10): re-measurement difference median <= 1 %, max <= 3 %; <= 0.5 s per arch.
+in two passes over all archs, and report the wall time of each measurement (building the model and its session
+included; the kernel table is filled beforehand and its cost reported on its own), the repeat CV within it, and how
+far the two estimates differ. Targets (issue 10): re-measurement difference median <= 1 %, max <= 3 %;
+<= 0.5 s per arch.
 
-    python bench/latency_measurement.py [--runtime onnxruntime|torch] [--estimator min|median] [--run results/demo]
+    python bench/latency_measurement.py [--runtime onnxruntime|torch] [--estimator paired|min|median] [--run DIR]
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from predictors.measure import LatencyConfig, kernel_table, latency, runtime_latency
+from predictors.measure import LatencyConfig, kernel_table, latency, paired_reference, runtime_latency
 from supernet import ModelConfig, SearchSpace, build_supernet, extract_subnet
 from supernet.artifact import load_supernet
 from supernet.costs import spread_by_macs
@@ -36,7 +37,7 @@ def cpu_line() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "torch"])
-    ap.add_argument("--estimator", default="min", choices=["min", "median"])
+    ap.add_argument("--estimator", default="paired", choices=["paired", "min", "median"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--archs", type=int, default=20)
@@ -76,21 +77,29 @@ def main() -> None:
     if table is not None:
         print(f"kernel table: {len(table.entries)} linear shapes measured in {time.perf_counter() - t0:.1f} s")
 
+    ref = paired_reference(net, table, x, cfg) if cfg.estimator == "paired" else None
+    if ref is not None:
+        print(f"paired reference: {ref.arch}, calibrated at {ref.ms:.4f} ms")
+
     def measure(arch) -> dict:
         if table is None:
             return latency(extract_subnet(net, arch), x, cfg)
-        return runtime_latency(runtime_model(net, arch, table)[0], x, cfg)
+        return runtime_latency(runtime_model(net, arch, table)[0], x, cfg, ref)
 
-    print(f"{'arch':58s} {'ms':>8s} {'CV %':>6s} {'seconds':>7s} {'rerun Δ%':>8s}")
-    secs, cvs, deltas = [], [], []
+    # Two passes over all archs (not back to back): a re-measurement comes 10-20 s after the first one, as labels
+    # measured at different times of a run do, so slow phases of the machine show up in the difference.
+    secs, first = [], []
     for arch in archs:
         t0 = time.perf_counter()
-        first = measure(arch)
+        first.append(measure(arch))
         secs.append(time.perf_counter() - t0)
-        second = measure(arch)
-        cvs.append(100 * first["latency_cv"])
-        deltas.append(100 * abs(second["latency_ms"] - first["latency_ms"]) / first["latency_ms"])
-        print(f"{arch.key():58s} {first['latency_ms']:8.3f} {cvs[-1]:6.2f} {secs[-1]:7.2f} {deltas[-1]:8.2f}")
+    second = [measure(arch) for arch in archs]
+    print(f"{'arch':58s} {'ms':>8s} {'CV %':>6s} {'seconds':>7s} {'rerun Δ%':>8s}")
+    cvs, deltas = [], []
+    for arch, a, b, sec in zip(archs, first, second, secs, strict=True):
+        cvs.append(100 * a["latency_cv"])
+        deltas.append(100 * abs(b["latency_ms"] - a["latency_ms"]) / a["latency_ms"])
+        print(f"{arch.key():58s} {a['latency_ms']:8.3f} {cvs[-1]:6.2f} {sec:7.2f} {deltas[-1]:8.2f}")
     print(f"seconds per subnet: median {statistics.median(secs):.2f}, max {max(secs):.2f} (target <= 0.5)")
     print(f"repeat CV: median {statistics.median(cvs):.2f} %, max {max(cvs):.2f} %")
     print(

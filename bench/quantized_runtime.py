@@ -92,7 +92,7 @@ def per_layer(cfg: LatencyConfig) -> None:
 
 def per_arch(cfg: LatencyConfig, rounds: int = 3) -> None:
     print(f"\n## 2. Whole archs (ms per batch-1 call, best of {rounds} interleaved rounds; > 1 is faster)\n")
-    torch_cfg = replace(cfg, runtime="torch")
+    torch_cfg = replace(cfg, runtime="torch")  # cfg's estimator is min
     for name, (space, config) in models().items():
         torch.manual_seed(0)
         net = build_supernet(space, config).eval()

@@ -30,7 +30,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.numpy import load_file
 
-from predictors.measure import LatencyConfig, evaluate, kernel_table, latency, latency_target, runtime_latency
+from predictors.measure import (
+    LatencyConfig,
+    evaluate,
+    kernel_table,
+    latency,
+    latency_target,
+    paired_reference,
+    runtime_latency,
+)
 from predictors.measure_cli import CONF_DIR, build_data, kernels_path, prepare
 from predictors.models import SklearnPredictor
 from search.choose import choose, read_front
@@ -235,12 +243,15 @@ def _write(tmp: Path, out: Path, cfg: DictConfig, job: ExportJob) -> None:
     predicted = {k[5:]: float(v) for k, v in (row or {}).items() if k.startswith("pred_") and v}
     if "latency_ms" not in predicted:  # chosen from rows measured before any refit: ask nas-fit's predictor
         predicted.update(fitted_prediction(run, arch, job.meta))
-    torch_cfg = replace(lat_cfg, runtime="torch")
+    torch_cfg = replace(
+        lat_cfg, runtime="torch", estimator="min" if lat_cfg.estimator == "paired" else lat_cfg.estimator
+    )
     runtime_cfg = replace(lat_cfg, runtime="onnxruntime", device="cpu")
+    ref = paired_reference(net, job.kernels, example, runtime_cfg) if runtime_cfg.estimator == "paired" else None
     float_model = build_runtime_model(arch, net.config, arrays, float_plan(arch))
     lat = {
-        "runtime_ms": runtime_latency(onnx_path, example, runtime_cfg)["latency_ms"],
-        "runtime_float_kernels_ms": runtime_latency(float_model, example, runtime_cfg)["latency_ms"],
+        "runtime_ms": runtime_latency(onnx_path, example, runtime_cfg, ref)["latency_ms"],
+        "runtime_float_kernels_ms": runtime_latency(float_model, example, runtime_cfg, ref)["latency_ms"],
         "float_module_ms": latency(exported, example, torch_cfg)["latency_ms"],
         "supernet_at_arch_ms": latency(AtArch(net, arch), example, torch_cfg)["latency_ms"],
         "predicted_ms": predicted.get("latency_ms"),
@@ -291,9 +302,7 @@ def _write(tmp: Path, out: Path, cfg: DictConfig, job: ExportJob) -> None:
     (tmp / "report.md").write_text(report(arch, extra))
     if not ok:
         raise ValueError(f"verification failed: {checks} (tolerance {cfg.verify.atol}); nothing was written to {out}")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    replace_dir(tmp, out)
     for name, c in checks.items():
         print(
             f"nas-export: {name}: max |Δ| {c['max_abs_diff']:.2e}, argmax agreement {100 * c['argmax_agreement']:.1f} %"
@@ -304,6 +313,23 @@ def _write(tmp: Path, out: Path, cfg: DictConfig, job: ExportJob) -> None:
         f"({lat['runtime_float_kernels_ms']:.3f} ms on float kernels, {lat['float_module_ms']:.3f} ms float module)"
     )
     return out
+
+
+def replace_dir(new: Path, out: Path) -> None:
+    """Move `new` to `out`; an existing `out` is moved aside first and deleted only once `new` is in place (restored
+    if that fails), so an interrupted overwrite never loses the old export."""
+    if not out.exists():
+        new.rename(out)
+        return
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    out.rename(old)
+    try:
+        new.rename(out)
+    except BaseException:
+        old.rename(out)
+        raise
+    shutil.rmtree(old)
 
 
 def report(arch: Arch, extra: dict[str, Any]) -> str:

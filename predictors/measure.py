@@ -22,8 +22,9 @@ import math
 import statistics
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ from supernet.runtime.session import check_runtime, feed, make_session
 from supernet.space import SearchSpace
 
 RUNTIMES = ("onnxruntime", "torch")
-ESTIMATORS = ("min", "median")
+ESTIMATORS = ("paired", "min", "median")
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,9 @@ class LatencyConfig:
     threads: int = 1
     batch_size: int = 1
     warmup: int = 10
-    repeats: int = 81
+    repeats: int = 41
     min_repeat_ms: float = 3.0  # each timed repeat runs the model enough times to last this long (timeit-style)
-    estimator: str = "min"  # "min" or "median" of the repeats
+    estimator: str = "paired"  # "paired" (ratios to a reference model, ONNX Runtime), "min" or "median" of repeats
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
@@ -64,6 +65,9 @@ class LatencyConfig:
                              "latency.runtime=torch")  # fmt: skip
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"latency.estimator={self.estimator!r} is not one of {list(ESTIMATORS)}")
+        if self.estimator == "paired" and self.runtime != "onnxruntime":
+            raise ValueError("latency.estimator=paired times against a reference runtime model: use it with "
+                             "latency.runtime=onnxruntime, or latency.estimator=min")  # fmt: skip
         for name, low in (("threads", 1), ("batch_size", 1), ("repeats", 2), ("warmup", 0)):
             v = getattr(self, name)
             if not isinstance(v, int) or v < low:
@@ -139,11 +143,78 @@ def latency(model: torch.nn.Module, example: torch.Tensor, cfg: LatencyConfig) -
         torch.set_num_threads(old_threads)
 
 
-def runtime_latency(model, example: torch.Tensor, cfg: LatencyConfig) -> dict:
+class Reference(NamedTuple):
+    """A fixed runtime model timed alongside every measured one, and its calibrated latency (ms)."""
+
+    session: Any
+    inputs: dict
+    ms: float
+    arch: str
+
+
+def reference_arch(space: SearchSpace) -> Arch:
+    """The middle choice of every dimension, float: a fixed, mid-sized yardstick for the paired estimator."""
+    mid = lambda choices: choices[len(choices) // 2]  # noqa: E731
+    d = mid(space.depth)
+    return Arch(d, mid(space.embed_dim), (mid(space.num_heads),) * d, (mid(space.mlp_ratio),) * d, (32,) * d, 32)
+
+
+def paired_reference(net: Supernet, kernels: KernelTable, example: torch.Tensor, cfg: LatencyConfig) -> Reference:
+    """The reference of the paired estimator for this kernel table's target: its calibration (the minimum over
+    three times the usual repeats) is measured once and kept in the table, so every later measurement of the run
+    (nas-measure, nas-search, nas-export) is in the same units."""
+    cached = kernels.cache.get("reference")
+    if cached is not None:
+        return cached
+    arch = reference_arch(net.space)
+    session = make_session(runtime_model(net, arch, kernels)[0], cfg.threads)
+    inputs = feed(session, example)
+    saved = kernels.entries.get("reference")
+    if not saved or saved.get("arch") != arch.key():
+        calib = replace(cfg, estimator="min", repeats=3 * cfg.repeats)
+        saved = {"arch": arch.key(), "ms": _timed(lambda: session.run(None, inputs), calib, _cpu_times)["latency_ms"]}
+        kernels.entries["reference"] = saved
+        kernels.save()
+    ref = Reference(session, inputs, float(saved["ms"]), arch.key())
+    kernels.cache["reference"] = ref
+    return ref
+
+
+def runtime_latency(model, example: torch.Tensor, cfg: LatencyConfig, reference: Reference | None = None) -> dict:
     """Latency (ms) of one call of a runtime model (supernet/runtime/) in ONNX Runtime on the CPU."""
     session = make_session(model, cfg.threads)
     inputs = feed(session, example)
-    return _timed(lambda: session.run(None, inputs), cfg, _cpu_times)
+    call = lambda: session.run(None, inputs)  # noqa: E731
+    if cfg.estimator != "paired":
+        return _timed(call, cfg, _cpu_times)
+    if reference is None:
+        raise ValueError("latency.estimator=paired needs the reference model (predictors.measure.paired_reference)")
+    return _paired(call, lambda: reference.session.run(None, reference.inputs), reference.ms, cfg)
+
+
+def _paired(call, ref_call, ref_ms: float, cfg: LatencyConfig) -> dict:
+    """Each repeat times the model, then the reference, back to back; the estimate is the ratio of their minima
+    times the reference's calibrated latency. This VM slows down by up to 2x for tens of seconds at a time (the
+    hypervisor): a slowdown that long hits both alike and cancels in the ratio."""
+    for _ in range(cfg.warmup):
+        call()
+        ref_call()
+    number = max(1, math.ceil(cfg.min_repeat_ms / max(statistics.median(_cpu_times(call, 3, 1)), 1e-3)))
+    ref_number = max(1, math.ceil(cfg.min_repeat_ms / max(ref_ms, 1e-3)))
+    times, refs = [], []
+    for _ in range(cfg.repeats):
+        times.append(_cpu_times(call, 1, number)[0] / number)
+        refs.append(_cpu_times(ref_call, 1, ref_number)[0] / ref_number)
+    # The minima are the quiet-time costs of both (stable to ~1 % within a window); their ratio cancels a slow phase
+    # that covers the whole window, which the model's own minimum would carry into the label.
+    scale = ref_ms / min(refs)
+    q1, q3 = np.percentile(times, [25, 75])
+    cv = statistics.pstdev(times) / statistics.mean(times)
+    return {
+        "latency_ms": float(min(times) * scale),
+        "latency_iqr_ms": float((q3 - q1) * scale),
+        "latency_cv": float(cv),
+    }
 
 
 def _timed(call, cfg: LatencyConfig, timer) -> dict:
@@ -229,7 +300,8 @@ def measure_arch(
         if kernels is None:
             kernels = kernel_table(cfg, net.config, example)
         model, _ = runtime_model(net, arch, kernels)
-        row.update(runtime_latency(model, example, cfg))
+        reference = paired_reference(net, kernels, example, cfg) if cfg.estimator == "paired" else None
+        row.update(runtime_latency(model, example, cfg, reference))
     else:
         row.update(latency(sub, example, cfg))
     row.update(arch_costs(arch, net.config).to_dict())

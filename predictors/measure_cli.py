@@ -31,8 +31,9 @@ from predictors.measure import (
     kernel_table,
     latency_target,
     measure_arch,
+    paired_reference,
 )
-from predictors.table import MeasurementTable
+from predictors.table import MeasurementTable, writer_lock
 from supernet.arch import Arch
 from supernet.artifact import load_supernet
 from supernet.cli import run_or_exit
@@ -148,11 +149,26 @@ def measure_run(cfg: DictConfig) -> Path:
     if not 0 <= cfg.holdout_fraction < 1:
         raise ValueError(f"holdout_fraction={cfg.holdout_fraction} must be in [0, 1)")
     net, batches, example, lat_cfg = prepare(cfg)
-    check_settings(Path(cfg.out), settings(cfg, run), create=True)
+    with writer_lock(Path(cfg.out) / TABLE_NAME, "nas-measure"):
+        return _measure(cfg, run, net, batches, example, lat_cfg)
+
+
+def reference_settings(net: Supernet, kernels, example: torch.Tensor, lat_cfg: LatencyConfig) -> dict[str, Any]:
+    """The paired estimator's reference (arch and calibrated ms): rows timed against another calibration would be
+    in other units, so a table records it and refuses to mix."""
+    if kernels is None or lat_cfg.estimator != "paired":
+        return {}
+    ref = paired_reference(net, kernels, example, lat_cfg)
+    return {"latency_reference": {"arch": ref.arch, "ms": ref.ms}}
+
+
+def _measure(cfg: DictConfig, run: Path, net: Supernet, batches: list, example: torch.Tensor, lat_cfg) -> Path:
+    kernels = kernel_table(lat_cfg, net.config, example, kernels_path(cfg))
+    current = {**settings(cfg, run), **reference_settings(net, kernels, example, lat_cfg)}
+    check_settings(Path(cfg.out), current, create=True)
     table = MeasurementTable(Path(cfg.out) / TABLE_NAME, table_columns(net.config.task))
     if table.dropped_partial_line:
         print("nas-measure: dropped a row cut short by an interruption; that arch is measured again")
-    kernels = kernel_table(lat_cfg, net.config, example, kernels_path(cfg))
     archs = candidate_archs(net.space, cfg.n_archs, seed=cfg.seed)
     todo = [a for a in archs if a.key() not in table]
     print(f"nas-measure: {len(archs)} candidates, {len(archs) - len(todo)} already measured, {len(todo)} to go")

@@ -8,12 +8,34 @@ short by an interruption is dropped, since that arch was never finished.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+
+@contextlib.contextmanager
+def writer_lock(table: str | Path, command: str) -> Iterator[None]:
+    """Hold the one-writer lock of `table` (an flock on `.<name>.lock` beside it, released by the OS even after
+    kill -9); a second writer gets one clear error instead of interleaving rows with the first."""
+    table = Path(table)
+    path = table.with_name(f".{table.name}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"another {command} is writing {table}: wait for it to finish, or write to another out= directory"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class MeasurementTable:

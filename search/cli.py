@@ -28,6 +28,7 @@ from predictors.measure_cli import (
     latency_config,
     metric_columns,
     prepare,
+    reference_settings,
 )
 from predictors.table import MeasurementTable
 from search.config import SearchConfig
@@ -73,8 +74,8 @@ def build_search(cfg: DictConfig) -> RefinementSearch:
     search_cfg = SearchConfig.from_dict(OmegaConf.to_container(cfg.search, resolve=True))
     net, batches, example, lat_cfg = prepare(cfg)
     columns = [*metric_columns(net.config.task), *LATENCY_COLUMNS, *COST_COLUMNS]
-    settings = measurement_settings(cfg)
     kernels = kernel_table(lat_cfg, net.config, example, kernels_path(cfg))
+    settings = {**measurement_settings(cfg), **reference_settings(net, kernels, example, lat_cfg)}
     evaluator = SupernetEvaluator(net, batches, example, lat_cfg, columns, settings, kernels)
     provenance = {"run": str(cfg.run), "supernet_sha256": settings["supernet_sha256"]}
     if search_cfg.backend == "optuna":

@@ -32,7 +32,9 @@ class SearchConfig:
     constraints: dict[str, dict[str, float]] = field(default_factory=dict)  # e.g. {latency: {max: 2.0}}
     backend: str = "pymoo"  # pymoo (refinement loop on predictors) | optuna (shared study of real evaluations)
     algorithm: str = "nsga2"  # nsga2 | agemoea | nsga3 | unsga3 | random
-    budget: int = 150  # real evaluations in all, the initial batch included
+    budget: int = (
+        150  # real evaluations by the search (the initial batch included; rows reused from nas-measure on top)
+    )
     initial: int = 50  # first batch: largest, smallest, then a Latin-hypercube sample
     batch_size: int = 25  # real evaluations per refinement iteration
     pop_size: int = 100

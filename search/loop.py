@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from predictors.measure import candidate_archs
-from predictors.table import MeasurementTable
+from predictors.table import MeasurementTable, writer_lock
 from search.algorithms import build_algorithm, run_algorithm
 from search.config import SearchConfig
 from search.evaluators import Evaluator
@@ -182,6 +182,10 @@ class RefinementSearch:
         search; returns how many were imported (none when the search has started already)."""
         if len(self.table):
             return 0
+        # Written first: a run killed while copying resumes with the count of what it reused (rows beyond it were
+        # measured by the search and count toward its budget).
+        self.state["imported"] = len(rows)
+        self._save_state()
         for r in rows:
             arch = self.space.decode([int(g) for g in r["genes"].split()])
             row = {"key": arch.key(), "genes": r["genes"], "iteration": 0, **{c: r[c] for c in self.evaluator.columns}}
@@ -223,19 +227,23 @@ class RefinementSearch:
                       derived_seed(self.cfg.seed, iteration))  # fmt: skip
         t2 = time.perf_counter()
         G, mean, std = problem.evaluated()
+        signs = np.asarray([q.sign for q in self.quantities])
+        # The predicted front is over every candidate the optimiser evaluated, measured ones included (over the
+        # unmeasured ones only it would sit behind the measured front by construction).
+        all_violation = self._violation(mean)
+        pred_front = pareto_indices(mean[:, problem.obj_idx] * signs[problem.obj_idx],
+                                    None if all_violation is None else (all_violation <= 0).all(axis=1))  # fmt: skip
+        predicted_front = [self._predicted_row(G[i], mean[i]) for i in pred_front]
         measured = {tuple(self.space.encode(a)) for a in archs}
         fresh = np.asarray([tuple(g) not in measured for g in G.tolist()], dtype=bool)
         G, mean, std = G[fresh], mean[fresh], std[fresh]
-        signs = np.asarray([q.sign for q in self.quantities])
         optimistic = mean * signs - self.cfg.kappa * np.nan_to_num(std, nan=0.0)
         violation = self._violation(mean)
         chosen = select_batch(optimistic[:, problem.obj_idx], violation, n)
         self._check_measured_constraints(rows, mean)
-        pred_front = pareto_indices(mean[:, problem.obj_idx] * signs[problem.obj_idx],
-                                    None if violation is None else (violation <= 0).all(axis=1))  # fmt: skip
         info = {"fit_seconds": t1 - t0, "search_seconds": t2 - t1, "candidates_evaluated": problem.n_evaluated,
                 "candidates_distinct": int(fresh.size), "predictors": fit_info,
-                "predicted_front": [self._predicted_row(G[i], mean[i]) for i in pred_front]}  # fmt: skip
+                "predicted_front": predicted_front}  # fmt: skip
         chosen_archs = [self.space.decode(G[i]) for i in chosen]
         predicted = {q.name: (mean[chosen, j], std[chosen, j]) for j, q in enumerate(self.quantities)}
         info["_predicted"] = predicted
@@ -265,11 +273,25 @@ class RefinementSearch:
 
     # ---- the loop --------------------------------------------------------------------------------------------------
 
+    @property
+    def imported(self) -> int:
+        """Rows reused from nas-measure (iteration 0): they do not count toward the budget."""
+        return int(self.state.get("imported", 0))
+
     def run(self) -> dict[str, Any]:
-        """Run (or continue) the search until `budget` real evaluations; returns the final state."""
+        """Run (or continue) the search until `budget` real evaluations of its own (rows reused from nas-measure
+        come on top); returns the final state."""
+        with writer_lock(self.out / TABLE_NAME, "nas-search"):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         cfg, start = self.cfg, time.perf_counter()
         if self.state["iterations"]:
             self.log(f"nas-search: continuing in {self.out}: {len(self.table)} evaluations already measured")
+        if not (self.out / STATE_NAME).is_file():
+            # Written before the first row lands in evaluations.csv, so that a run killed at any point (its first
+            # batch included) has its settings on disk and resumes with every row it measured.
+            self._save_state()
         initial = candidate_archs(self.space, min(cfg.initial, cfg.budget), seed=cfg.seed)
         before = len(self.table)
         seconds = self.measure(initial, 0, {})
@@ -278,7 +300,7 @@ class RefinementSearch:
         iteration = 1
         while True:
             _, before = self.archs_and_rows(before=iteration)
-            n = min(cfg.batch_size, cfg.budget - len(before))
+            n = min(cfg.batch_size, cfg.budget - (len(before) - self.imported))
             done_here = sum(1 for r in self.table.rows.values() if int(r["iteration"]) == iteration)
             if n <= 0:
                 break
@@ -316,7 +338,10 @@ class RefinementSearch:
         self._save_state()
         preds = ", ".join(f"{k}={v['estimator']} (τ {v['cv_kendall_tau']:.2f})"
                           for k, v in info.get("predictors", {}).items())  # fmt: skip
-        self.log(f"nas-search: iteration {iteration}: {len(rows)}/{self.cfg.budget} evaluations, HV {hv:.4f}, "
+        count = f"{len(rows) - self.imported}/{self.cfg.budget} evaluations"
+        if self.imported:
+            count += f" (+{self.imported} reused)"
+        self.log(f"nas-search: iteration {iteration}: {count}, HV {hv:.4f}, "
                  f"front {len(front)} archs" + (f", predictors {preds}" if preds else ""))  # fmt: skip
 
 

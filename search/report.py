@@ -61,7 +61,7 @@ def plot_pareto(search: RefinementSearch, path: Path) -> None:
             pv = np.asarray([[p[objs[i].column], p[objs[j].column]] for p in predicted])
             order = np.argsort(pv[:, 1])
             ax.plot(pv[order, 1], pv[order, 0], "x--" if line else "x", color="tab:orange", ms=3, lw=0.8, alpha=0.6,
-                    label="predicted front")  # fmt: skip
+                    label="predicted front (all candidates)")  # fmt: skip
         fv = values[front]
         order = np.argsort(fv[:, j])
         ax.plot(fv[order, j], fv[order, i], "o" + line, color="tab:red", mfc="none", ms=7, lw=1.2,

@@ -7,8 +7,10 @@ communication, a resumed run draws exactly what the interrupted one would have, 
 * `SandwichSampler`: the largest arch (teacher), the smallest, and `num_random` random archs (BigNAS/AttentiveNAS).
   The largest uses the task loss; the others learn from the largest's detached outputs (in-place distillation).
 * `UniformSampler`: one random arch per step, task loss only (single-path one-shot baseline).
-* Progressive shrinking (`stages`): OFA-style curriculum. Stage k enables the first k dimensions of `stages`; the
-  others stay at their largest choice. Stage boundaries are fractions of the total number of steps.
+* Progressive shrinking (`stages`): a curriculum after Once-for-All's. Stage k enables the first k dimensions of
+  `stages`; the others stay at their largest choice. Stage boundaries are fractions of the total number of steps.
+  Unlike OFA, channels are not re-ranked by importance at stage boundaries (run `reorder_by_importance` on the
+  supernet beforehand if the front slices should hold the most important units).
 """
 
 from __future__ import annotations

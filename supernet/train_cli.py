@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -122,7 +122,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             **OmegaConf.to_container(cfg.trainer, resolve=True),
             default_root_dir=str(run_dir),
             logger=CSVLogger(str(run_dir), name="logs"),
-            callbacks=[ckpt_cb],
+            callbacks=[ckpt_cb, LearningRateMonitor(logging_interval="step")],
         )
     except (TypeError, MisconfigurationException) as e:
         raise ValueError(f"bad trainer config: {e}") from None

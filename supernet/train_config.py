@@ -15,7 +15,8 @@ from supernet.sampling import DIMENSIONS, SAMPLERS
 
 @dataclass
 class ProgressiveConfig:
-    """OFA-style progressive shrinking: stage k enables the first k dimensions of `order`."""
+    """Progressive shrinking after Once-for-All: stage k enables the first k dimensions of `order` (no importance
+    re-ranking of channels at stage boundaries, unlike OFA)."""
 
     enabled: bool = False
     order: list[str] = field(default_factory=lambda: list(DIMENSIONS))

@@ -73,11 +73,31 @@ class SupernetModule(L.LightningModule):
         self.net = build_supernet(self.space, self.model_config)
         self.eval_archs = reference_archs(self.space, self.model_config, train["reference_archs"], train["seed"])
         self.sampler = None  # built in on_fit_start, when the total number of steps is known
+        # The step count the LR schedule and the progressive stages are laid out over: fixed by the first run and
+        # kept in the checkpoint, so a resume with other trainer.* limits never rewinds the schedule.
+        self.schedule_steps: int | None = None
         self.metric = "acc" if self.model_config.task == "image" else "loss"
 
     # ---- sampling ---------------------------------------------------------------------------------------------------
 
+    def total_steps(self) -> int:
+        """The schedule's step count: this run's estimate, or the first run's when resumed."""
+        if self.schedule_steps is None:
+            self.schedule_steps = int(self.trainer.estimated_stepping_batches)
+        return self.schedule_steps
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["schedule_steps"] = self.total_steps()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.schedule_steps = checkpoint.get("schedule_steps")
+
     def on_fit_start(self) -> None:
+        now = int(self.trainer.estimated_stepping_batches)
+        if self.total_steps() != now and self.trainer.is_global_zero:
+            print(f"nas-train: resumed with {now} steps in all where the first run planned {self.total_steps()}: the "
+                  "learning-rate schedule and progressive stages keep the first run's plan, and steps beyond it "
+                  "train at its final learning rate")  # fmt: skip
         prog = self.cfg["progressive"]
         stages = None
         if prog["enabled"]:
@@ -90,7 +110,7 @@ class SupernetModule(L.LightningModule):
             seed=self.cfg["seed"],
             stages=stages,
             stage_ends=prog.get("stage_ends"),
-            total_steps=int(self.trainer.estimated_stepping_batches),
+            total_steps=self.total_steps(),
         )
 
     # ---- training ---------------------------------------------------------------------------------------------------
@@ -155,7 +175,7 @@ class SupernetModule(L.LightningModule):
     # ---- optimisation -----------------------------------------------------------------------------------------------
 
     def configure_optimizers(self):
-        return build_optimizer(self.net, self.cfg, int(self.trainer.estimated_stepping_batches))
+        return build_optimizer(self.net, self.cfg, self.total_steps())
 
 
 class SubnetModule(L.LightningModule):

@@ -23,7 +23,7 @@ import torch
 import yaml
 from hydra import compose, initialize_config_dir
 
-from export.cli import export_run
+from export.cli import export_run, replace_dir
 from predictors.measure_cli import CONF_DIR
 from search.choose import choose, read_front
 from search.cli import build_search
@@ -387,3 +387,27 @@ def test_read_front_refuses_missing_and_empty_results(tmp_path) -> None:
     (tmp_path / "pareto.csv").write_text("rank,key,genes,accuracy,bytes\n0,k,1 2,80.5,1000\n")
     rows, objectives, _ = read_front(tmp_path)
     assert rows[0]["accuracy"] == "80.5" and [o.name for o in objectives] == ["accuracy", "bytes"]
+
+
+def test_overwrite_keeps_the_old_export_until_the_new_one_is_in_place(tmp_path, monkeypatch) -> None:
+    """nas-export overwrite=true moves the old folder aside and deletes it only after the new one is in place; a
+    failure in between puts the old one back."""
+    out, new = tmp_path / "knee", tmp_path / ".knee.tmp"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    new.mkdir()
+    (new / "new.txt").write_text("new")
+    real_rename = Path.rename
+
+    def failing(self, target):
+        if self == new:
+            raise OSError("disk full")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing)
+    with pytest.raises(OSError, match="disk full"):
+        replace_dir(new, out)
+    assert (out / "old.txt").read_text() == "old" and not (tmp_path / ".knee.old").exists()
+    monkeypatch.setattr(Path, "rename", real_rename)
+    replace_dir(new, out)
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"] and not (tmp_path / ".knee.old").exists()

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from predictors.fit_cli import fit_run
 from predictors.measure_cli import CONF_DIR, TABLE_NAME, measure_run
 from predictors.models import SklearnPredictor
-from predictors.table import MeasurementTable
+from predictors.table import MeasurementTable, writer_lock
 from supernet.artifact import read_metadata
 from supernet.train_cli import train
 from tests.conftest import ROOT
@@ -68,7 +68,15 @@ def test_bad_input_is_one_clear_error(trained, tmp_path) -> None:
     with pytest.raises(ValueError, match="is not a supernet artifact"):
         measure_run(measure_cfg(foreign))
     with pytest.raises(ValueError, match="no CUDA device is available here"):
-        measure_run(measure_cfg(trained, "latency.runtime=torch", "latency.device=cuda", f"out={tmp_path / 'o'}"))
+        measure_run(
+            measure_cfg(
+                trained,
+                "latency.runtime=torch",
+                "latency.estimator=min",
+                "latency.device=cuda",
+                f"out={tmp_path / 'o'}",
+            )
+        )
     with pytest.raises(ValueError, match="no measurements at"):
         fit_run(measure_cfg(trained, f"out={tmp_path / 'empty'}"))
     few = tmp_path / "few"
@@ -86,6 +94,22 @@ def test_bad_input_is_one_clear_error(trained, tmp_path) -> None:
         measure_run(measure_cfg(trained, "latency.repeats=0"))
     with pytest.raises(ValueError, match="bad latency config"):
         measure_run(measure_cfg(trained, "+latency.speed=1"))
+
+
+def test_a_second_writer_is_refused(trained, tmp_path) -> None:
+    """Two nas-measure processes on one folder would interleave rows: the second one is refused with one line and
+    the table is left as the first writer has it; the lock goes with its holder."""
+    out = tmp_path / "busy"
+    measure_run(measure_cfg(trained, "n_archs=3", f"out={out}"))
+    table = out / "measurements.csv"
+    before = table.read_bytes()
+    # another writer holds the lock (flock: a second open conflicts within one process too)
+    busy = pytest.raises(ValueError, match=r"another nas-measure is writing .*measurements.csv: wait for it")
+    with writer_lock(table, "nas-measure"), busy:
+        measure_run(measure_cfg(trained, "n_archs=5", f"out={out}"))
+    assert table.read_bytes() == before
+    measure_run(measure_cfg(trained, "n_archs=5", f"out={out}"))  # released: the next writer continues
+    assert len(table.read_text().splitlines()) == 1 + 5
 
 
 def test_resume_refuses_other_settings(trained, tmp_path) -> None:

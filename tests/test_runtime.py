@@ -162,12 +162,14 @@ def test_latency_config_and_estimator():
         LatencyConfig(device="cuda")
     with pytest.raises(ValueError, match=r"latency\.estimator"):
         LatencyConfig(estimator="mean")
+    with pytest.raises(ValueError, match=r"estimator=paired times against a reference runtime model"):
+        LatencyConfig(runtime="torch")
     slow = iter([5.0] * 3 + [1.0, 9.0, 3.0, 2.0, 8.0])
 
     def timer(call, repeats, number):
         return [next(slow) * number for _ in range(repeats)]
 
-    out = _timed(lambda: None, LatencyConfig(warmup=0, repeats=5, min_repeat_ms=0.0), timer)
+    out = _timed(lambda: None, LatencyConfig(warmup=0, repeats=5, min_repeat_ms=0.0, estimator="min"), timer)
     assert out["latency_ms"] == 1.0  # the minimum of the repeats
     slow = iter([5.0] * 3 + [1.0, 9.0, 3.0, 2.0, 8.0])
     out = _timed(lambda: None, LatencyConfig(warmup=0, repeats=5, min_repeat_ms=0.0, estimator="median"), timer)
@@ -177,7 +179,8 @@ def test_latency_config_and_estimator():
 def test_kernel_table_for_torch_runtime_is_none(default_space):
     from supernet.config import ModelConfig
 
-    assert kernel_table(LatencyConfig(runtime="torch"), ModelConfig(), torch.zeros(1, 1, 28, 28)) is None
+    torch_cfg = LatencyConfig(runtime="torch", estimator="min")
+    assert kernel_table(torch_cfg, ModelConfig(), torch.zeros(1, 1, 28, 28)) is None
 
 
 def test_old_or_broken_runtime_is_one_clear_line(monkeypatch):
@@ -194,3 +197,32 @@ def test_old_or_broken_runtime_is_one_clear_line(monkeypatch):
     msg = str(e.value)
     assert "onnxruntime 1.16.3" in msg and "MatMulNBits" in msg and "latency.runtime=torch" in msg
     assert "\n" not in msg
+
+
+def test_measure_arch_times_the_runtime_model_or_the_torch_module(monkeypatch, default_space):
+    """nas-measure's latency comes from the deployment graph by default, from the PyTorch module with runtime=torch."""
+    from predictors import measure as measure_mod
+    from supernet import build_supernet
+    from supernet.static import StaticSubnet
+    from tests.conftest import TASK_CONFIGS, randomize
+
+    net = randomize(build_supernet(default_space, TASK_CONFIGS["image"])).eval()
+    arch = Arch(2, 96, (2, 1), (2.0, 3.0), (4, 8), 8)
+    batches = [(sample_input(net.config, batch=4), torch.zeros(4, dtype=torch.long))]
+    seen = {}
+
+    def fake(kind):
+        def timed(model, example, cfg, *reference):
+            seen[kind] = model
+            return {"latency_ms": 1.0, "latency_iqr_ms": 0.0, "latency_cv": 0.0}
+
+        return timed
+
+    monkeypatch.setattr(measure_mod, "runtime_latency", fake("runtime"))
+    monkeypatch.setattr(measure_mod, "latency", fake("torch"))
+    table = KernelTable(threads=1, batch=1, tokens=net.config.tokens())
+    measure_mod.measure_arch(net, arch, batches, batches[0][0][:1], LatencyConfig(), table)
+    assert set(seen) == {"runtime"} and plan_of(seen["runtime"]) == table.plan(arch, net.config)
+    seen.clear()
+    measure_mod.measure_arch(net, arch, batches, batches[0][0][:1], LatencyConfig(runtime="torch", estimator="min"))
+    assert set(seen) == {"torch"} and isinstance(seen["torch"], StaticSubnet)

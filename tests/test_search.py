@@ -594,6 +594,21 @@ def test_loop_interrupted_run_resumes_deterministically(bench, finished, tmp_pat
     assert (out / "pareto.csv").read_text() == (finished["out"] / "pareto.csv").read_text()
 
 
+def test_loop_killed_in_its_first_batch_resumes(bench, finished, tmp_path) -> None:
+    """Interrupted while measuring iteration 0 (before any iteration was recorded): the rows measured so far are
+    kept, never measured again, and the run ends exactly like an uninterrupted one."""
+    out = tmp_path / "first_batch"
+    with pytest.raises(KeyboardInterrupt):
+        make_search(bench, out, CachedEvaluator(bench, interrupt_after=3)).run()
+    _, rows = read_csv(out / TABLE_NAME)
+    assert len(rows) == 3 and (out / STATE_NAME).is_file()
+    resumed = CachedEvaluator(bench)
+    make_search(bench, out, resumed).run()
+    assert resumed.calls == 20 - 3
+    assert (out / TABLE_NAME).read_text() == (finished["out"] / TABLE_NAME).read_text()
+    assert (out / "pareto.csv").read_text() == (finished["out"] / "pareto.csv").read_text()
+
+
 def test_choose_from_the_front(finished, tmp_path) -> None:
     """search/choose.py (nas-export's pick) on the finished run's pareto.csv."""
     rows, objectives, state = read_front(finished["out"])

@@ -82,7 +82,8 @@ def measured(run, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def searched(run, measured, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("search") / "s"
-    state, printed = run_quietly(cfg(run, f"out={out}", f"init_from={measured}"))
+    # The budget counts the search's own evaluations: 10 new on top of the 12 reused rows.
+    state, printed = run_quietly(cfg(run, f"out={out}", f"init_from={measured}", "search.budget=10"))
     return {"out": out, "state": state, "printed": printed}
 
 
@@ -104,7 +105,7 @@ def test_search_writes_its_outputs(run, searched) -> None:
     for name in (TABLE_NAME, "pareto.csv", STATE_NAME, "pareto.png", "hypervolume.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     header, rows = read_csv(out / TABLE_NAME)
-    assert header == EVAL_HEADER and len(rows) == 20 and len({r["key"] for r in rows}) == 20
+    assert header == EVAL_HEADER and len(rows) == 22 and len({r["key"] for r in rows}) == 22
     _, front = read_csv(out / "pareto.csv")
     expected = {rows[i]["key"] for i in dominated_brute_force(minimised(rows, ["accuracy", "latency"]))}
     assert {r["key"] for r in front} == expected
@@ -115,8 +116,8 @@ def test_search_writes_its_outputs(run, searched) -> None:
     assert saved["settings"]["evaluator"]["data_overrides"] == {"val_subset_size": 200}
     hv = [e["hypervolume"] for e in saved["iterations"]]
     assert all(b >= a for a, b in itertools.pairwise(hv))
-    assert saved["final"]["n_evaluations"] == 20 and saved["final"]["front"] == [r["key"] for r in front]
-    assert "nas-search: iteration 2: 20/20 evaluations" in searched["printed"]
+    assert saved["final"]["n_evaluations"] == 22 and saved["final"]["front"] == [r["key"] for r in front]
+    assert "nas-search: iteration 2: 10/10 evaluations (+12 reused)" in searched["printed"]
 
 
 def test_init_from_reuses_nas_measure_rows(searched, measured) -> None:
@@ -130,8 +131,9 @@ def test_init_from_reuses_nas_measure_rows(searched, measured) -> None:
     for r, m in zip(first, m_rows, strict=True):
         # Latencies are noisy to many digits: equal values mean the row was copied, not measured again.
         assert [r[c] for c in (*CLI_COLUMNS, "genes", "bytes")] == [m[c] for c in (*CLI_COLUMNS, "genes", "bytes")]
-    # The initial batch (10 archs) was all among the reused rows: 20 - 12 archs were measured by the search.
-    assert [int(r["iteration"]) for r in rows[12:]] == [1] * 5 + [2] * 3
+    # The initial batch (10 archs) was all among the reused rows; the budget (10) was all spent searching.
+    assert [int(r["iteration"]) for r in rows[12:]] == [1] * 5 + [2] * 5
+    assert searched["state"]["imported"] == 12
 
 
 def test_init_from_measured_with_other_settings_is_ignored(run, measured, tmp_path) -> None:

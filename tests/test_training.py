@@ -105,6 +105,23 @@ def test_resume_continues_at_the_same_step(tmp_path) -> None:
     assert len(steps) == len(set(steps))  # merged log: one row per step across both attempts
 
 
+def test_resume_with_more_epochs_keeps_the_schedule(tmp_path) -> None:
+    """Extending a finished run (trainer.max_epochs up) continues its schedule at the final learning rate instead of
+    rebuilding the cosine over the new total (which would jump the learning rate back up)."""
+    run = tmp_path / "extend"
+    every_step = "trainer.log_every_n_steps=1"
+    train(make_cfg(*FAST, every_step), run)
+    train(make_cfg(*FAST, every_step, "trainer.max_epochs=2"), run)
+    lines = (run / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    col = next(i for i, h in enumerate(header) if h.startswith("lr-AdamW"))
+    lr = {int(v[header.index("step")]): float(v[col]) for v in (ln.split(",") for ln in lines[1:]) if v[col]}
+    assert sorted(lr) == list(range(6))
+    assert all(lr[s] <= lr[2] * (1 + 1e-9) for s in (3, 4, 5)), lr  # never back up after the first run's end
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["schedule_steps"] == 3 and ckpt["global_step"] == 6
+
+
 def test_resume_refuses_foreign_and_corrupt_checkpoints(tmp_path) -> None:
     run = tmp_path / "foreign"
     train(make_cfg(*FAST), run)

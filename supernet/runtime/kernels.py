@@ -139,6 +139,7 @@ class KernelTable:
             "tokens": tokens,
         }
         self.entries: dict[str, dict[str, Any]] = {}
+        self.cache: dict[str, Any] = {}  # in-process objects built for this target (sessions), never saved
         if self.path is not None and self.path.is_file():
             try:
                 doc = json.loads(self.path.read_text())
