@@ -39,8 +39,9 @@ from predictors.measure import (
     paired_reference,
     runtime_latency,
 )
-from predictors.measure_cli import CONF_DIR, build_data, kernels_path, prepare
+from predictors.measure_cli import CONF_DIR, SETTINGS_NAME, TABLE_NAME, build_data, kernels_path, prepare
 from predictors.models import SklearnPredictor
+from predictors.table import MeasurementTable
 from search.choose import choose, read_front
 from supernet.arch import Arch
 from supernet.artifact import read_metadata
@@ -178,13 +179,26 @@ def export_run(cfg: DictConfig) -> Path:
     return out
 
 
-def fitted_prediction(run: Path, arch: Arch, meta: dict[str, Any]) -> dict[str, float]:
-    """{"latency_ms": ...} from the latency predictor nas-fit saved in `<run>/predictors`, when there is one."""
+def fitted_prediction(
+    run: Path, arch: Arch, meta: dict[str, Any], supernet_sha: str, latency_settings: dict[str, Any]
+) -> tuple[dict[str, float], str]:
+    """({"latency_ms": ...}, note) from the latency predictor nas-fit saved in `<run>/predictors`: only when it was
+    fitted on this supernet with these latency settings, and labelled in-sample when `arch` was one of its fit rows
+    (its prediction there says how well it fits, not how well it predicts)."""
+    out = run / "predictors"
     try:
-        predictor = SklearnPredictor.load(run / "predictors", "latency_ms", meta["space"], meta["model"])
-    except ValueError:
-        return {}
-    return {"latency_ms": float(predictor.predict([arch])[0])}
+        predictor = SklearnPredictor.load(out, "latency_ms", meta["space"], meta["model"])
+        saved = json.loads((out / SETTINGS_NAME).read_text())
+    except (ValueError, OSError):
+        return {}, ""
+    if saved.get("supernet_sha256") != supernet_sha or saved.get("latency") != latency_settings:
+        return {}, "nas-fit's latency predictor was fitted on another supernet or latency settings: not used"
+    value = {"latency_ms": float(predictor.predict([arch])[0])}
+    table = out / TABLE_NAME
+    rows = MeasurementTable(table, table.read_text().split("\n", 1)[0].split(",")).rows if table.is_file() else {}
+    if rows.get(arch.key(), {}).get("split") == "fit":
+        return value, "in-sample: nas-fit's predictor was fitted on this arch's own measurement"
+    return value, "out-of-sample: nas-fit's predictor never saw this arch"
 
 
 @dataclass
@@ -241,8 +255,12 @@ def _write(tmp: Path, out: Path, cfg: DictConfig, job: ExportJob) -> None:
         and k not in ("rank", "iteration")
     }
     predicted = {k[5:]: float(v) for k, v in (row or {}).items() if k.startswith("pred_") and v}
+    note = "the search's predictor, fitted before this arch was measured" if "latency_ms" in predicted else ""
     if "latency_ms" not in predicted:  # chosen from rows measured before any refit: ask nas-fit's predictor
-        predicted.update(fitted_prediction(run, arch, job.meta))
+        fitted, note = fitted_prediction(
+            run, arch, job.meta, job.supernet_sha, OmegaConf.to_container(cfg.latency, resolve=True)
+        )
+        predicted.update(fitted)
     torch_cfg = replace(
         lat_cfg, runtime="torch", estimator="min" if lat_cfg.estimator == "paired" else lat_cfg.estimator
     )
@@ -255,6 +273,7 @@ def _write(tmp: Path, out: Path, cfg: DictConfig, job: ExportJob) -> None:
         "float_module_ms": latency(exported, example, torch_cfg)["latency_ms"],
         "supernet_at_arch_ms": latency(AtArch(net, arch), example, torch_cfg)["latency_ms"],
         "predicted_ms": predicted.get("latency_ms"),
+        "predicted_from": note,
         "measured_in_search_ms": search_cols.get("latency_ms"),
         "settings": OmegaConf.to_container(cfg.latency, resolve=True),
     }
@@ -358,7 +377,7 @@ def report(arch: Arch, extra: dict[str, Any]) -> str:
         f"| latency: the same graph on float kernels | {fmt(lat['runtime_float_kernels_ms'])} |",
         f"| latency: PyTorch module (float simulation) | {fmt(lat['float_module_ms'])} |",
         f"| latency: supernet at this arch (PyTorch) | {fmt(lat['supernet_at_arch_ms'])} |",
-        f"| latency: predicted in search | {fmt(lat['predicted_ms'])} |",
+        f"| latency: predicted | {fmt(lat['predicted_ms'])} {lat.get('predicted_from') or ''} |",
         f"| latency: measured in search | {fmt(lat['measured_in_search_ms'])} |",
         f"| weights file | {size['weights_file_bytes']} bytes ({size['ratio']:.4f} × cost model) |",
         f"| model.onnx | {size['onnx_file_bytes']} bytes ({size['onnx_to_weights_ratio']:.3f} × weights file) |",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from safetensors.torch import save_file
 
+from export.cli import fitted_prediction
 from predictors.fit_cli import fit_run
 from predictors.measure_cli import CONF_DIR, TABLE_NAME, measure_run
 from predictors.models import SklearnPredictor
@@ -57,6 +59,18 @@ def test_measure_then_fit(trained) -> None:
     meta = read_metadata(trained)
     p = SklearnPredictor.load(out, "latency_ms", meta["space"], meta["model"])
     assert p.predict([meta["space"].largest()]).shape == (1,)
+
+    # nas-export's "predicted" latency: labelled in-sample on a fit row, out-of-sample on a holdout row, and not
+    # used at all when the predictor belongs to another supernet or other latency settings.
+    sha = hashlib.sha256((trained / "supernet.safetensors").read_bytes()).hexdigest()
+    lat = json.loads((out / "measurements.json").read_text())["latency"]
+    by_split = {r["split"]: r for r in table.rows.values()}
+    for split, word in (("fit", "in-sample"), ("holdout", "out-of-sample")):
+        arch = meta["space"].decode([int(g) for g in by_split[split]["genes"].split()])
+        value, note = fitted_prediction(trained, arch, meta, sha, lat)
+        assert value["latency_ms"] > 0 and note.startswith(word)
+    assert fitted_prediction(trained, arch, meta, "0" * 64, lat)[0] == {}
+    assert fitted_prediction(trained, arch, meta, sha, {**lat, "threads": 2})[0] == {}
 
 
 def test_bad_input_is_one_clear_error(trained, tmp_path) -> None:
