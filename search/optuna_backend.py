@@ -21,6 +21,7 @@ import numpy as np
 import optuna
 
 from predictors.table import MeasurementTable
+from search.claims import BUDGET, TAKEN, Claims
 from search.loop import TABLE_NAME, RefinementSearch
 from search.report import write_outputs
 from supernet.arch import Arch
@@ -81,6 +82,8 @@ class OptunaSearch(RefinementSearch):
             self.study.set_user_attr("settings", self.settings())
             for arch in {a.key(): a for a in (self.space.largest(), self.space.smallest())}.values():
                 self.study.enqueue_trial(self._params(arch))  # the extremes span the hypervolume's bounds
+        self.claims = Claims(self.url, opt.study_name)
+        self.claims.backfill({t.user_attrs["key"]: t.number for t in self.measured_trials()})
         saved = self.study.user_attrs.get("settings")
         if saved is not None and saved != self.settings():
             raise ValueError(f"study {opt.study_name!r} in {self.url} was created with other settings (objectives, "
@@ -149,14 +152,14 @@ class OptunaSearch(RefinementSearch):
         known = {t.user_attrs["key"]: t.user_attrs["row"] for t in self.measured_trials()}
         row = known.get(arch.key())
         if row is None:
-            running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-            # Earlier trials' claims win: two workers that each counted the other's claim would both give up.
-            earlier = [t for t in running if t.number < trial.number]
-            claimed = {t.user_attrs.get("key") for t in earlier} - {None} - set(known)
-            if arch.key() in claimed or len(known) + len(claimed) >= self.cfg.budget:
-                if len(known) + len(claimed) >= self.cfg.budget:
-                    self.study.stop()
-                raise optuna.TrialPruned("taken by another worker, or the budget is taken")
+            # An atomic claim in the database (search/claims.py): no two workers measure one arch, and no more than
+            # `budget` archs are ever claimed, however the workers interleave.
+            verdict = self.claims.claim(arch.key(), trial.number, self.cfg.budget, self._failed)
+            if verdict == BUDGET:
+                self.study.stop()
+                raise optuna.TrialPruned("the budget is claimed")
+            if verdict == TAKEN:
+                raise optuna.TrialPruned("another worker measures this arch")
         self._repeats = self._repeats + 1 if row is not None else 0
         if row is None:
             row = {**self.evaluator.evaluate(arch), **arch_costs(arch, self.model_config).to_dict()}
@@ -169,6 +172,11 @@ class OptunaSearch(RefinementSearch):
             self.log(f"nas-search: trial {trial.number}: {len(known) + 1}/{self.cfg.budget} archs measured, "
                      + ", ".join(f"{o.name}={row[o.column]:.4g}" for o in self.objectives))  # fmt: skip
         return [float(row[o.column]) for o in self.objectives]
+
+    def _failed(self, trials) -> set[int]:
+        """Which of the trial numbers `trials` failed (optuna fails a dead worker's trial by its heartbeat)."""
+        failed = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+        return {t.number for t in failed} & set(trials)
 
     def _stop_at_budget(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if len(self.measured_trials()) >= self.cfg.budget or self._repeats >= MAX_REPEATS:

@@ -31,6 +31,7 @@ from predictors.measure import LatencyConfig, candidate_archs
 from predictors.measure_cli import prepare
 from search.algorithms import ALGORITHMS, CanonicalDuplicates, build_algorithm, reference_directions, run_algorithm
 from search.choose import choose, read_front
+from search.claims import BUDGET, MINE, TAKEN, Claims
 from search.cli import CONF_DIR, build_search
 from search.config import HVConfig, OptunaConfig, PredictorConfig, SearchConfig
 from search.evaluators import SupernetEvaluator, TableEvaluator
@@ -799,8 +800,23 @@ def test_optuna_bad_input(bench, tmp_path) -> None:
         )
 
 
-def test_optuna_two_workers_share_one_study(bench, tmp_path) -> None:
-    """Two `nas-search` processes on one SQLite study: together they measure the budget, each arch once."""
+def test_claims_are_atomic_unique_and_budgeted(tmp_path) -> None:
+    """search/claims.py on SQLite: an arch has one owner, claims stop at the budget, a failed trial's claim is freed."""
+    url = f"sqlite:///{tmp_path / 'claims.db'}"
+    a, b = Claims(url, "s"), Claims(url, "s")  # two workers' handles on one database
+    none_failed = lambda trials: set()  # noqa: E731
+    assert a.claim("x", 0, 2, none_failed) == MINE
+    assert b.claim("x", 1, 2, none_failed) == TAKEN and a.claim("x", 0, 2, none_failed) == MINE
+    assert b.claim("y", 1, 2, none_failed) == MINE
+    assert a.claim("z", 2, 2, none_failed) == BUDGET and a.count() == 2
+    assert a.claim("z", 2, 3, none_failed) == MINE  # a larger budget opens a slot
+    assert b.claim("w", 3, 3, lambda trials: {1} & set(trials)) == MINE  # trial 1 died: "y" and its slot are freed
+    assert a.claim("y", 4, 3, none_failed) == BUDGET and a.count() == 3
+    assert Claims(url, "other").claim("x", 0, 1, none_failed) == MINE  # studies do not share claims
+
+
+def test_optuna_workers_share_one_study(bench, tmp_path) -> None:
+    """Three `nas-search` processes on one SQLite study: together they measure exactly the budget, each arch once."""
     out, url, budget = tmp_path / "shared", f"sqlite:///{tmp_path / 'study.db'}", 10
     args = [
         f"out={out}",
@@ -823,9 +839,9 @@ def test_optuna_two_workers_share_one_study(bench, tmp_path) -> None:
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(2)
+        for _ in range(3)
     ]
-    results = [p.communicate(timeout=300) for p in procs]
+    results = [p.communicate(timeout=400) for p in procs]
     for p, (stdout, stderr) in zip(procs, results, strict=True):
         assert p.returncode == 0, stderr[-3000:]
         assert "nas-search: optuna study 'nas-search'" in stdout
@@ -837,9 +853,8 @@ def test_optuna_two_workers_share_one_study(bench, tmp_path) -> None:
     ]
     keys = [t.user_attrs["key"] for t in measured]
     assert len(set(keys)) == len(keys), "an arch was measured twice"
-    # Together (not each) they measured the budget; a worker still measuring when the other one reached the budget
-    # may add one more.
-    assert budget <= len(keys) <= budget + 1
+    # Together (not each) they measured the budget, exactly: claims are unique inserts with budget-numbered slots.
+    assert len(keys) == budget
     assert sum(stdout.count("archs measured,") for stdout, _ in results) == len(keys)  # one line per measurement
     # A third worker in this process continues: nothing left to measure, the outputs show the whole study.
     build_search(search_cfg(bench.run, *args)).run()
