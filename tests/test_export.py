@@ -212,6 +212,10 @@ def test_finetune_records_before_after_and_verifies_against_the_tuned_module(sea
     doc = check_export(finetuned, searched, LOW_BIT)
     ft = doc["metrics"]["finetune"]
     assert ft["epochs"] == 1 and set(ft["before"]) == set(ft["after"]) == {"accuracy"}
+    # also scored on the test split (not the validation subset that chose the arch), next to the largest arch
+    t = ft["test"]
+    assert set(t["before"]) == set(t["after"]) == set(t["largest_arch"]) == {"accuracy"} and t["examples"] > 0
+    assert "fine-tuning, test split" in (finetuned / "report.md").read_text()
     assert doc["metrics"]["measured_at_export"] == ft["after"]
     v = doc["verification"]
     assert v["reference"] == "fine-tuned module" and v["passed"] is True
