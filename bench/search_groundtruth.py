@@ -6,13 +6,17 @@ The oracle is a measurements table over *every* arch of a small space (1,152 arc
     nas-measure run=results/gt_small n_archs=1152 data_overrides.val_subset_size=2000
 
 A "real evaluation" is a look-up in that table, so every method sees the same measured values and the true front is
-exact. Methods, each over several seeds:
+exact. Every method starts from the same initial batch (the refinement loop's: largest, smallest, a Latin-hypercube
+sample, seeded by the seed) and spends the rest of the budget its own way:
 * refine   the refinement loop (nas-search's pymoo backend: predictors + NSGA-II on them, batches of real evaluations)
-* nsga2    plain NSGA-II on real evaluations (population 20; duplicates are not re-counted)
-* random   distinct archs drawn uniformly at random (space.sample)
-Hypervolume: objectives normalised by the whole space's range (ideal..nadir), reference point 1.1 in each.
+* nsga2    plain NSGA-II on real evaluations, its first population the initial batch (population 20 afterwards;
+           duplicates are not re-counted)
+* random   the initial batch, then distinct archs drawn uniformly at random (space.sample)
+Hypervolume: objectives normalised by the whole space's range (ideal..nadir), reference point 1.1 in each. A
+difference between two methods is called significant when their means differ by more than twice the standard error
+of that difference over the seeds (a Welch-style two-sigma rule; with 5 seeds, a rough screen, not a test).
 
-    python bench/search_groundtruth.py --table results/gt_small/predictors/measurements.csv --seeds 0 1 2
+    python bench/search_groundtruth.py --table results/gt_small/predictors/measurements.csv --seeds 0 1 2 3 4
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 from pymoo.algorithms.moo.nsga2 import NSGA2
 from pymoo.core.problem import Problem
 
+from predictors.measure import candidate_archs
 from search.algorithms import build_algorithm
 from search.config import SearchConfig
 from search.evaluators import TableEvaluator
@@ -67,17 +72,26 @@ def recall_curve(keys: list[str], true_keys: set[str]) -> dict[int, float]:
     return {n: len(true_keys & set(keys[:n])) / len(true_keys) for n in CHECKPOINTS if n <= len(keys)}
 
 
-def run_random(oracle: Oracle, seed: int, budget: int) -> None:
+def initial_batch(space, seed: int, initial: int) -> list:
+    """The refinement loop's initial batch for this seed (search/loop.py), which every method starts from."""
+    return candidate_archs(space, initial, seed=seed)
+
+
+def run_random(oracle: Oracle, seed: int, budget: int, initial: int) -> None:
+    for arch in initial_batch(oracle.space, seed, initial):
+        oracle(arch)
     rng = np.random.default_rng(seed)
     while len(oracle.order) < budget:
         oracle(oracle.space.sample(rng))
 
 
-def run_nsga2(oracle: Oracle, seed: int, budget: int, pop_size: int = 20) -> None:
+def run_nsga2(oracle: Oracle, seed: int, budget: int, initial: int, pop_size: int = 20) -> None:
     space = oracle.space
     xl, xu = space.gene_bounds()
     problem = Problem(n_var=space.n_genes, n_obj=len(oracle.objectives), xl=xl, xu=xu, vtype=int)
     algorithm: NSGA2 = build_algorithm("nsga2", space, problem.n_obj, pop_size)
+    # Its first population is the shared initial batch (evaluated through the oracle like every later generation).
+    algorithm.initialization.sampling = np.asarray([space.encode(a) for a in initial_batch(space, seed, initial)])
     algorithm.setup(problem, seed=seed, termination=("n_gen", 10_000))
     while len(oracle.order) < budget and algorithm.has_next():
         pop = algorithm.ask()
@@ -100,7 +114,7 @@ def main() -> None:
     ap.add_argument("--table", default="results/gt_small/predictors/measurements.csv")
     ap.add_argument("--run", default=None, help="run dir with supernet.safetensors (default: the table's grandparent)")
     ap.add_argument("--objectives", nargs="+", default=["accuracy", "latency"])
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     ap.add_argument("--initial", type=int, default=30)
     ap.add_argument("--batch-size", type=int, default=10)
     ap.add_argument("--n-candidates", type=int, default=5000)
@@ -132,7 +146,7 @@ def main() -> None:
                                      batch_size=args.batch_size, n_candidates=args.n_candidates)  # fmt: skip
             else:
                 oracle = Oracle(table, objectives, space)
-                (run_random if method == "random" else run_nsga2)(oracle, seed, budget)
+                (run_random if method == "random" else run_nsga2)(oracle, seed, budget, args.initial)
                 F, keys = oracle.order[:budget], oracle.keys[:budget]
             seconds[method] += time.perf_counter() - t0
             results[method].append(hv_curve(F, ref, true_hv))
@@ -158,6 +172,17 @@ def main() -> None:
             cells.append(f"{v.mean():.4f} ± {v.std():.4f} ({v.min():.4f})")
         rec = "".join(f"{summary[method][n]['recall']:>11.2f}" for n in CHECKPOINTS)
         print(f"{method:8s}" + "".join(f"{c:>26s}" for c in cells) + rec + f"{seconds[method] / len(args.seeds):9.1f}")
+    print("\nDifferences of the refinement loop from the others (mean difference ± its standard error over seeds):")
+    for other in ("nsga2", "random"):
+        parts = []
+        for n in CHECKPOINTS:
+            a = np.asarray([c[n] for c in results["refine"] if n in c])
+            b = np.asarray([c[n] for c in results[other] if n in c])
+            diff, se = a.mean() - b.mean(), np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+            verdict = "significant" if abs(diff) > 2 * se else "within the seeds' spread"
+            parts.append(f"@{n}: {diff:+.4f} ± {se:.4f} ({verdict})")
+            summary["refine"][n][f"minus_{other}"] = {"diff": float(diff), "se": float(se), "verdict": verdict}
+        print(f"  refine - {other:6s} " + "; ".join(parts))
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "true_front": len(true_front),
                                                "summary": summary}, indent=2))  # fmt: skip

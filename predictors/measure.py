@@ -153,10 +153,14 @@ class Reference(NamedTuple):
 
 
 def reference_arch(space: SearchSpace) -> Arch:
-    """The middle choice of every dimension, float: a fixed, mid-sized yardstick for the paired estimator."""
+    """The middle choice of every size and the widest bits (float where the space has it): a fixed, mid-sized
+    yardstick for the paired estimator, always an arch of the space."""
     mid = lambda choices: choices[len(choices) // 2]  # noqa: E731
     d = mid(space.depth)
-    return Arch(d, mid(space.embed_dim), (mid(space.num_heads),) * d, (mid(space.mlp_ratio),) * d, (32,) * d, 32)
+    return space.validate(
+        Arch(d, mid(space.embed_dim), (mid(space.num_heads),) * d, (mid(space.mlp_ratio),) * d,
+             (space.w_bits[-1],) * d, space.a_bits[-1])
+    )  # fmt: skip
 
 
 def paired_reference(net: Supernet, kernels: KernelTable, example: torch.Tensor, cfg: LatencyConfig) -> Reference:

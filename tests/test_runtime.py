@@ -226,3 +226,11 @@ def test_measure_arch_times_the_runtime_model_or_the_torch_module(monkeypatch, d
     seen.clear()
     measure_mod.measure_arch(net, arch, batches, batches[0][0][:1], LatencyConfig(runtime="torch", estimator="min"))
     assert set(seen) == {"torch"} and isinstance(seen["torch"], StaticSubnet)
+
+
+def test_the_paired_reference_is_an_arch_of_every_shipped_space(default_space, small_space):
+    from predictors.measure import reference_arch
+
+    for space in (default_space, small_space):
+        arch = reference_arch(space)
+        assert space.validate(arch) == arch and arch.w_bits[0] == max(space.w_bits)
