@@ -17,6 +17,7 @@ import copy
 import hashlib
 import json
 import shutil
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -188,8 +189,9 @@ def export_run(cfg: DictConfig) -> Path:
     # After fine-tuning the reference is the fine-tuned module (a baked copy: `sub` keeps its quantizers, so the
     # packed codes come from its latent weights exactly as the supernet's would).
     reference = bake_weight_quantizers(copy.deepcopy(sub)) if cfg.finetune.epochs > 0 else AtArch(net, arch)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    # A fresh folder per process: two exports to one name never mix their files before one of them is moved in.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     # The exported graph always runs on the runtime's kernels, also when the search timed latency in torch.
     ort_cfg = replace(lat_cfg, runtime="onnxruntime", device="cpu")
     kernels = kernel_table(ort_cfg, net.config, example, kernels_path(cfg))

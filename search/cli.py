@@ -88,7 +88,7 @@ def build_search(cfg: DictConfig) -> RefinementSearch:
     rows, note = reusable_rows(cfg, settings, columns)
     if note:
         print(f"nas-search: {note}")
-    search.import_rows(rows)
+    search.import_rows(rows)  # copied when the search runs, under its writer lock
     return search
 
 

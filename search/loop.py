@@ -177,23 +177,29 @@ class RefinementSearch:
         front = pareto_indices(F, self.feasible(rows))
         return self.hv_reference().hypervolume(F[front]), front
 
-    def import_rows(self, rows: list[dict[str, str]]) -> int:
-        """Take already measured rows (e.g. nas-measure's table, same supernet and settings) as iteration 0 of a new
-        search; returns how many were imported (none when the search has started already)."""
-        if len(self.table):
-            return 0
-        # Written first: a run killed while copying resumes with the count of what it reused (rows beyond it were
-        # measured by the search and count toward its budget).
-        self.state["imported"] = len(rows)
-        self._save_state()
+    def import_rows(self, rows: list[dict[str, str]]) -> None:
+        """Take already measured rows (e.g. nas-measure's table, same supernet and settings) as iteration 0 of this
+        search. They are copied when `run` starts, under the table's writer lock, and only while no iteration has
+        been recorded; a copy cut short by an interruption is completed by the next run."""
+        self._pending_import = rows
+
+    def _import_pending(self) -> None:
+        rows = getattr(self, "_pending_import", [])
+        if not rows or self.state["iterations"] or self.state.get("import_done"):
+            return
         for r in rows:
             arch = self.space.decode([int(g) for g in r["genes"].split()])
+            if arch.key() in self.table:
+                continue
             row = {"key": arch.key(), "genes": r["genes"], "iteration": 0, **{c: r[c] for c in self.evaluator.columns}}
             for c, v in arch_costs(arch, self.model_config).to_dict().items():
                 row.setdefault(c, v)
             row.update({f"{p}_{q.column}": "" for q in self.measured for p in ("pred", "std")})
             self.table.append(row)
-        return len(rows)
+        # Counted once all are in: a run killed while copying has no count yet and copies the rest next time.
+        self.state["imported"] = len(rows)
+        self.state["import_done"] = True
+        self._save_state()
 
     # ---- one iteration ---------------------------------------------------------------------------------------------
 
@@ -292,6 +298,7 @@ class RefinementSearch:
             # Written before the first row lands in evaluations.csv, so that a run killed at any point (its first
             # batch included) has its settings on disk and resumes with every row it measured.
             self._save_state()
+        self._import_pending()
         initial = candidate_archs(self.space, min(cfg.initial, cfg.budget), seed=cfg.seed)
         before = len(self.table)
         seconds = self.measure(initial, 0, {})

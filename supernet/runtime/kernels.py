@@ -13,6 +13,8 @@ runtime starts a new table instead of reusing stale choices.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import platform
@@ -104,7 +106,7 @@ def measure_linear(k_in: int, n_out: int, w_bits: int, a_bits: int, tokens: int,
                 for x, r in zip(inputs, refs, strict=True)
             )
         except Exception as e:
-            rejected[kernel] = f"fails to run: {str(e).splitlines()[0][:120]}"
+            rejected[kernel] = f"fails to run: {(str(e).strip().splitlines() or [type(e).__name__])[0][:120]}"
             continue
         if err > TOLERANCE:
             rejected[kernel] = f"not exact: relative error {err:.1e}"
@@ -168,23 +170,41 @@ class KernelTable:
             for i in range(arch.depth)
         ]
 
+    def reload(self) -> None:
+        """Adopt what other processes saved for this target since (their entries win: measured first)."""
+        if self.path is not None and self.path.is_file():
+            with self._locked():
+                self.entries.update(self._read().get(self.target_key(), {}))
+
     def save(self) -> None:
-        """Merge this target's entries into the file (atomically; other targets' entries are kept)."""
+        """Merge this target's entries into the file (under a lock, atomically; other targets' entries are kept)."""
         if self.path is None:
             return
-        doc: dict[str, Any] = {}
-        if self.path.is_file():
-            try:
-                doc = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                doc = {}
-        mine = doc.get(self.target_key(), {}) if isinstance(doc, dict) else {}
-        doc = doc if isinstance(doc, dict) else {}
-        doc[self.target_key()] = {**mine, **self.entries}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
-        tmp.replace(self.path)
+        with self._locked():
+            doc = self._read()
+            doc[self.target_key()] = {**self.entries, **doc.get(self.target_key(), {})}  # the first saved wins
+            self.entries = dict(doc[self.target_key()])
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+            tmp.replace(self.path)
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            doc = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}  # a damaged or missing table only costs re-measuring
+        return doc if isinstance(doc, dict) else {}
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """An flock beside the file: processes sharing a run (nas-measure, search workers) merge, never clobber."""
+        with self.path.with_name(f".{self.path.name}.lock").open("a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def float_plan(arch: Arch) -> list[dict[str, str]]:

@@ -103,7 +103,7 @@ def check_runtime() -> str:
         try:
             run(model, torch.ones(1, 16))
         except Exception as e:
-            first = str(e).strip().splitlines()[0][:160]
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
             raise ValueError(
                 f"onnxruntime {rt.__version__} cannot run the {kernel} kernel ({first}); {FALLBACK}"
             ) from None
