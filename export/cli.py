@@ -256,7 +256,8 @@ def _write(tmp: Path, out: Path, cfg: DictConfig, job: ExportJob) -> None:
     exported = load_subnet(tmp)  # everything below uses the files as a user would get them
     arrays = load_file(str(tmp / WEIGHTS_NAME))
     plan = job.kernels.plan(arch, net.config)
-    onnx.save(build_runtime_model(arch, net.config, arrays, plan), str(tmp / "model.onnx"))
+    saved_model = build_runtime_model(arch, net.config, arrays, plan)
+    onnx.save(saved_model, str(tmp / "model.onnx"))
     onnx_path = tmp / "model.onnx"
     runtime = RuntimeModule(onnx_path, lat_cfg.threads)
     x = torch.cat([b[0] for b in batches])[: cfg.verify.batch]
@@ -314,16 +315,14 @@ def _write(tmp: Path, out: Path, cfg: DictConfig, job: ExportJob) -> None:
             "onnx_file_bytes": onnx_path.stat().st_size,
             "onnx_to_weights_ratio": onnx_path.stat().st_size / size,
             # the tensors alone (the rest is the graph: a few KB, which dominates only for tiny models)
-            "onnx_initializer_bytes": sum(
-                len(t.raw_data) for t in onnx.load(str(onnx_path), load_external_data=False).graph.initializer
-            ),
+            "onnx_initializer_bytes": sum(len(t.raw_data) for t in saved_model.graph.initializer),
         },
         "runtime": {
             "model": "model.onnx",
             "target": latency_target(runtime_cfg),
             "kernel_table": job.kernels.target,
             "kernels": plan,
-            "executed_ops": dict(Counter(executed_ops(onnx.load(str(onnx_path)), lat_cfg.threads))),
+            "executed_ops": dict(Counter(executed_ops(saved_model, lat_cfg.threads))),
         },
         "verification": {
             "inputs": len(x),

@@ -22,11 +22,10 @@ from onnx import TensorProto, helper
 from supernet.arch import Arch
 from supernet.config import ModelConfig
 from supernet.qat import QUANTIZED_LINEARS
-from supernet.runtime.linears import MS_DOMAIN, Graph, LinearWeights, emit_linear
+from supernet.runtime.linears import Graph, LinearWeights, emit_linear, make_model
 from supernet.subnet_io import iter_stored
 
 FORMAT = "elastic-nas-runtime/1"
-OPSET = 21
 Plan = Sequence[Mapping[str, str]]  # per layer: {"qkv": kernel, "proj": ..., "fc1": ..., "fc2": ...}
 
 
@@ -148,12 +147,7 @@ def build_runtime_model(arch: Arch, config: ModelConfig, arrays: dict[str, np.nd
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape)],
         g.inits,
     )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
-        producer_name="elastic-nas",
-    )
-    model.ir_version = 10
+    model = make_model(graph)
     meta = {"format": FORMAT, "arch": arch.key(), "kernels": json.dumps([dict(k) for k in plan])}
     helper.set_model_props(model, meta)
     return model

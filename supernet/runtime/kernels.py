@@ -19,20 +19,17 @@ import json
 import os
 import platform
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
-from onnx import TensorProto, helper
 
 from supernet.arch import Arch
 from supernet.config import ModelConfig
 from supernet.packing import pack_codes
 from supernet.quant import quantize_activations, weight_codes
-from supernet.runtime.linears import MS_DOMAIN, Graph, LinearWeights, candidates, emit_linear
+from supernet.runtime.linears import LinearWeights, candidates, linear_model
 from supernet.runtime.session import check_runtime, make_session
 
 TOLERANCE = 1e-4  # relative to the output's magnitude: float reordering passes, one flipped activation code fails
@@ -67,25 +64,6 @@ def _probe_layer(k_in: int, n_out: int, w_bits: int, seed: int) -> tuple[LinearW
     codes, scale = weight_codes(w, w_bits)
     lw = LinearWeights((n_out, k_in), w_bits, pack_codes(codes, w_bits), scale.reshape(-1).numpy(), None, bias.numpy())
     return lw, codes * scale
-
-
-def linear_model(weights: LinearWeights, a_bits: int, kernel: str, shape: Sequence[int]) -> onnx.ModelProto:
-    """A one-linear runtime graph (input `shape` = (B, T, K))."""
-    from supernet.runtime.graph import OPSET
-
-    g = Graph()
-    y = emit_linear(g, "x", weights, a_bits, kernel, "l")
-    g.nodes.append(helper.make_node("Identity", [y], ["y"]))
-    graph = helper.make_graph(
-        g.nodes,
-        "linear",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        g.inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)])
-    model.ir_version = 10
-    return model
 
 
 def measure_linear(k_in: int, n_out: int, w_bits: int, a_bits: int, tokens: int, batch: int, threads: int) -> dict:
@@ -142,12 +120,8 @@ class KernelTable:
         }
         self.entries: dict[str, dict[str, Any]] = {}
         self.cache: dict[str, Any] = {}  # in-process objects built for this target (sessions), never saved
-        if self.path is not None and self.path.is_file():
-            try:
-                doc = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                doc = {}  # a damaged table only costs re-measuring
-            self.entries = doc.get(self.target_key(), {}) if isinstance(doc, dict) else {}
+        if self.path is not None:
+            self.entries = self._read().get(self.target_key(), {})
 
     def target_key(self) -> str:
         return " | ".join(f"{k}={v}" for k, v in self.target.items())

@@ -31,6 +31,7 @@ from supernet.packing import unpack_codes
 
 KERNELS = ("float", "int8", "int8_u8u8", "nbits", "nbits_int8")
 MS_DOMAIN = "com.microsoft"
+OPSET = 21
 _EPS = 1e-8  # supernet.quant._EPS: the per-token scale's floor
 _NBITS_MAX_BLOCK = {2: 256, 4: 2048, 8: 2048}  # ORT refuses 2-bit blocks above 256
 
@@ -220,3 +221,21 @@ def emit_linear(g: Graph, x: str, w: LinearWeights, a_bits: int, kernel: str, hi
         block_size=block,
         accuracy_level=4 if kernel == "nbits_int8" else 0,
     )
+
+
+def make_model(graph: onnx.GraphProto) -> onnx.ModelProto:
+    """A model of `graph` at this project's opsets (default domain and com.microsoft)."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
+                              producer_name="elastic-nas")  # fmt: skip
+    model.ir_version = 10
+    return model
+
+
+def linear_model(weights: LinearWeights, a_bits: int, kernel: str, shape: list) -> onnx.ModelProto:
+    """A one-linear runtime graph with input `x` of `shape` (e.g. (B, T, K)) and output `y`."""
+    g = Graph()
+    y = emit_linear(g, "x", weights, a_bits, kernel, "l")
+    g.nodes.append(helper.make_node("Identity", [y], ["y"]))
+    graph = helper.make_graph(g.nodes, "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], g.inits)  # fmt: skip
+    return make_model(graph)

@@ -79,27 +79,12 @@ def check_runtime() -> str:
             f"onnxruntime {rt.__version__} lacks MatMulNBits with 2/8-bit weights (needs >= "
             f"{'.'.join(map(str, MIN_VERSION))}): pip install -U onnxruntime, or {FALLBACK}"
         )
-    from supernet.runtime.linears import Graph, LinearWeights, emit_linear  # a tiny probe of each kernel
+    from supernet.runtime.linears import LinearWeights, linear_model  # a tiny probe of each kernel
 
     codes = np.full(16 * 16 // 2, 0b01100110, np.uint8)  # 4-bit codes, two per byte
     w = LinearWeights((16, 16), 4, codes, np.ones(16, np.float32), None, np.zeros(16, np.float32))
     for kernel, a_bits in (("int8", 8), ("nbits", 32), ("nbits_int8", 8)):
-        g = Graph()
-        y = emit_linear(g, "x", w, a_bits, kernel, "probe")
-        g.nodes.append(onnx.helper.make_node("Identity", [y], ["y"]))
-        graph = onnx.helper.make_graph(
-            g.nodes,
-            "probe",
-            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 16])],
-            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
-            g.inits,
-        )
-        from supernet.runtime.graph import OPSET
-
-        model = onnx.helper.make_model(
-            graph, opset_imports=[onnx.helper.make_opsetid("", OPSET), onnx.helper.make_opsetid("com.microsoft", 1)]
-        )
-        model.ir_version = 10
+        model = linear_model(w, a_bits, kernel, [1, 16])
         try:
             run(model, torch.ones(1, 16))
         except Exception as e:
