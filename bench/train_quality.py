@@ -1,16 +1,20 @@
 """Benchmark: how good are the subnets a supernet hands out, next to the same archs trained alone?
 
-Trains (or resumes) the demo supernet with the sandwich rule and, as the baseline, with the uniform single-path
-sampler; then, for 5 archs spread over the space by MACs (smallest, three quantiles, largest), reports on the
-Fashion-MNIST *test* split:
+For each training recipe (a *variant*: Hydra overrides on top of the experiment), trains (or resumes) a supernet at
+`--budget` × the experiment's epochs, then reports on the Fashion-MNIST *test* split, for 5 archs spread over the
+space by MACs (smallest, three quantiles, largest):
 
-* inherited accuracy (supernet weights, no fine-tuning), sandwich and uniform;
+* inherited accuracy (supernet weights, no fine-tuning) per variant;
 * the same arch trained from scratch as a standalone quantization-aware model for the same epochs, data, optimizer
-  and schedule (initialised like the supernet);
+  and schedule (initialised like the supernet), cached in `<out>/e<epochs>/scratch.json`;
 * the gap inherited − scratch (goal: mean ≥ 0, worst ≥ −1 point);
-* 4-bit vs float weights for the same arch (all layers at w_bits 4, then 32), inherited from the sandwich supernet.
+* cost: the supernet's training time over one scratch model's (the largest arch, the dearest one to train alone),
+  both measured in this run on this machine;
+* for the first variant, 4-bit vs float weights for the same arch (all layers at w_bits 4, then 32).
 
-    python bench/train_quality.py [--experiment demo] [--out results/bench_quality]
+    python bench/train_quality.py                                  # the default recipe and the uniform baseline
+    python bench/train_quality.py --variants default exits_all --budget 3
+    python bench/train_quality.py --list                           # every variant and its overrides
 """
 
 from __future__ import annotations
@@ -31,6 +35,24 @@ from supernet import build_supernet, extract_subnet
 from supernet.artifact import load_supernet
 from supernet.train_cli import CONF_DIR, train
 from supernet.training import SubnetModule, reference_archs
+
+# Recipes compared by the ablation (README, "Training quality"); overrides on top of `--experiment`.
+# Recipes compared by the ablation (README, "Training quality"); overrides on top of `--experiment`, spelled out in
+# full so each variant keeps its meaning when the defaults change.
+PREVIOUS = ["model.bit_norms=false", "train.task_weight=0.5"]  # the recipe before this ablation set the defaults
+VARIANTS: dict[str, list[str]] = {
+    "default": [],
+    "previous": PREVIOUS,
+    "uniform": ["train=uniform"],
+    "num_random4": [*PREVIOUS, "train.num_random=4"],
+    "exits_teacher": [*PREVIOUS, "train.depth_exits=teacher"],
+    "exits_all": [*PREVIOUS, "train.depth_exits=all"],
+    "lr3e-3": [*PREVIOUS, "train.lr=3e-3"],
+    "bit_norms": ["model.bit_norms=true", "train.task_weight=0.5"],
+    "bit_norms_lr3e-3": ["model.bit_norms=true", "train.task_weight=0.5", "train.lr=3e-3"],
+    "task2": ["train.task_weight=2.0"],
+}
+ORDER = ["smallest", "ref1", "ref2", "ref3", "largest"]
 
 
 def compose_cfg(overrides: list[str]):
@@ -64,74 +86,111 @@ def train_scratch(space, config, arch, cfg, dm) -> torch.nn.Module:
     return sub
 
 
+def train_variant(base: list[str], name: str, run_dir: Path) -> tuple[torch.nn.Module, float]:
+    """(supernet, training seconds) of one variant; a finished run is loaded, its recorded time reused."""
+    timing = run_dir / "bench_seconds.json"
+    if timing.is_file() and (run_dir / "supernet.safetensors").is_file():
+        return load_supernet(run_dir)[0], json.loads(timing.read_text())["seconds"]
+    cfg = compose_cfg([*base, *VARIANTS[name], f"run_name=bench_quality_{name}"])
+    t0 = time.perf_counter()
+    train(cfg, run_dir)
+    seconds = time.perf_counter() - t0
+    timing.write_text(json.dumps({"seconds": seconds}))
+    return load_supernet(run_dir)[0], seconds
+
+
+def scratch_results(base: list[str], net, archs: dict, dm, test, path: Path) -> dict[str, dict]:
+    """Test accuracy and training seconds of each arch trained alone (cached in `path`, one entry per arch)."""
+    cache = json.loads(path.read_text()) if path.is_file() else {}
+    cfg = compose_cfg([*base, "train.depth_exits=none"])
+    for name in ORDER:
+        key = archs[name].key()
+        if key in cache:
+            continue
+        t0 = time.perf_counter()
+        acc = accuracy(train_scratch(net.space, net.config, archs[name], cfg, dm), test)
+        cache[key] = {"scratch": acc, "seconds": round(time.perf_counter() - t0, 1)}
+        path.write_text(json.dumps(cache, indent=2))  # after each arch: an interrupted bench keeps what it has
+        print(f"scratch {key}: {acc:.2f} ({cache[key]['seconds']:.0f} s)")
+    return cache
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--experiment", default="demo")
+    ap.add_argument("--variants", nargs="*", default=["default", "uniform"], help=f"any of {list(VARIANTS)}")
+    ap.add_argument("--budget", type=int, default=1, help="multiple of the experiment's epochs")
     ap.add_argument("--out", default="results/bench_quality")
     ap.add_argument("--extra", nargs="*", default=[], help="more Hydra overrides for every training run")
+    ap.add_argument("--list", action="store_true", help="print the variants and exit")
     args = ap.parse_args()
-    out = Path(args.out)
-    base = [f"experiment={args.experiment}", "trainer.enable_progress_bar=false", *args.extra]
+    if args.list:
+        for name, overrides in VARIANTS.items():
+            print(f"{name:14s} {' '.join(overrides) or '(the experiment as configured)'}")
+        return
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    epochs = compose_cfg([f"experiment={args.experiment}"]).trainer.max_epochs * args.budget
+    base = [f"experiment={args.experiment}", "trainer.enable_progress_bar=false", f"trainer.max_epochs={epochs}",
+            *args.extra]  # fmt: skip
+    out = Path(args.out) / f"e{epochs}"
+    out.mkdir(parents=True, exist_ok=True)
 
-    runs = {}
-    for sampler in ("sandwich", "uniform"):
-        cfg = compose_cfg([*base, f"train={sampler}", f"run_name=bench_quality_{sampler}"])
-        t0 = time.perf_counter()
-        train(cfg, out / sampler)
-        runs[sampler] = load_supernet(out / sampler)[0]
-        print(f"{sampler}: trained in {time.perf_counter() - t0:.0f} s")
+    nets, seconds = {}, {}
+    for name in args.variants:
+        nets[name], seconds[name] = train_variant(base, name, out / name)
+        print(f"{name}: trained in {seconds[name]:.0f} s")
 
-    cfg = compose_cfg([*base, "train=sandwich"])
+    cfg = compose_cfg(base)
     dm = instantiate(cfg.data)
     dm.setup()
     test = dm.test_dataloader()
-    net = runs["sandwich"]
-    space, config = net.space, net.config
-    archs = reference_archs(space, config, 3, seed=cfg.seed)
-    order = ["smallest", "ref1", "ref2", "ref3", "largest"]
+    first = nets[args.variants[0]]
+    archs = reference_archs(first.space, first.config, 3, seed=cfg.seed)
+    scratch = scratch_results(base, first, archs, dm, test, out / "scratch.json")
+    one_scratch = scratch[archs["largest"].key()]["seconds"]
 
-    rows = []
-    print(f"\n{'arch':58s} {'sandwich':>8s} {'uniform':>8s} {'scratch':>8s} {'gap':>6s} {'w4':>6s} {'w32':>6s}")
-    for name in order:
+    rows, variants = [], {}
+    for name in ORDER:
         arch = archs[name]
-        t0 = time.perf_counter()
-        scratch = accuracy(train_scratch(space, config, arch, cfg, dm), test)
-        row = {
-            "name": name,
-            "arch": arch.key(),
-            "inherited_sandwich": accuracy(extract_subnet(net, arch), test),
-            "inherited_uniform": accuracy(extract_subnet(runs["uniform"], arch), test),
-            "scratch": scratch,
-            "scratch_seconds": round(time.perf_counter() - t0, 1),
-        }
+        row = {"name": name, "arch": arch.key(), "scratch": scratch[arch.key()]["scratch"]}
+        for v, net in nets.items():
+            row[v] = accuracy(extract_subnet(net, arch), test)
         for bits in (4, 32):
-            if bits in space.w_bits:
-                row[f"w{bits}"] = accuracy(extract_subnet(net, replace(arch, w_bits=(bits,) * arch.depth)), test)
-        row["gap"] = row["inherited_sandwich"] - scratch
+            if bits in first.space.w_bits:
+                row[f"w{bits}"] = accuracy(extract_subnet(first, replace(arch, w_bits=(bits,) * arch.depth)), test)
         rows.append(row)
-        print(
-            f"{arch.key():58s} {row['inherited_sandwich']:8.2f} {row['inherited_uniform']:8.2f} {scratch:8.2f} "
-            f"{row['gap']:+6.2f} {row.get('w4', float('nan')):6.2f} {row.get('w32', float('nan')):6.2f}"
-        )
-    gaps = [r["gap"] for r in rows]
+    for v in nets:
+        gaps = [r[v] - r["scratch"] for r in rows]
+        variants[v] = {
+            "overrides": VARIANTS[v],
+            "mean_gap": statistics.mean(gaps),
+            "worst_gap": min(gaps),
+            "train_seconds": round(seconds[v], 1),
+            "cost_vs_one_scratch": seconds[v] / one_scratch,
+        }
+
+    print(f"\nFashion-MNIST test accuracy (%), {epochs} epochs; scratch = each arch trained alone")
+    print(f"{'arch':58s} {'scratch':>8s} " + " ".join(f"{v[:14]:>14s}" for v in nets))
+    for r in rows:
+        print(f"{r['arch']:58s} {r['scratch']:8.2f} " + " ".join(f"{r[v]:14.2f}" for v in nets))
+    print(f"\n{'variant':16s} {'mean gap':>9s} {'worst gap':>9s} {'train s':>8s} {'× one scratch':>14s}")
+    for v, s in variants.items():
+        print(f"{v:16s} {s['mean_gap']:+9.2f} {s['worst_gap']:+9.2f} {s['train_seconds']:8.0f} "
+              f"{s['cost_vs_one_scratch']:14.2f}")  # fmt: skip
+    w = [r["w4"] - r["w32"] for r in rows if "w4" in r and "w32" in r]
+    if w:
+        print(f"4-bit - float weights ({args.variants[0]}, inherited): mean {statistics.mean(w):+.2f} points")
+    print(f"one scratch model (the largest arch): {one_scratch:.0f} s; goal: mean gap >= 0, worst >= -1")
     summary = {
         "experiment": args.experiment,
-        "epochs": cfg.trainer.max_epochs,
+        "epochs": epochs,
         "rows": rows,
-        "mean_gap": statistics.mean(gaps),
-        "worst_gap": min(gaps),
-        "mean_sandwich_minus_uniform": statistics.mean(r["inherited_sandwich"] - r["inherited_uniform"] for r in rows),
+        "variants": variants,
+        "scratch_seconds": {k: v["seconds"] for k, v in scratch.items()},
+        "mean_w4_minus_w32": statistics.mean(w) if w else None,
     }
-    both = [r["w4"] - r["w32"] for r in rows if "w4" in r and "w32" in r]
-    summary["mean_w4_minus_w32"] = statistics.mean(both) if both else None
-    print(
-        f"\ninherited - scratch: mean {summary['mean_gap']:+.2f}, worst {summary['worst_gap']:+.2f} "
-        "(goal: mean >= 0, worst >= -1)"
-    )
-    print(f"sandwich+KD - uniform (inherited): mean {summary['mean_sandwich_minus_uniform']:+.2f} points")
-    if both:
-        print(f"4-bit - float weights (inherited): mean {summary['mean_w4_minus_w32']:+.2f} points")
-    out.mkdir(parents=True, exist_ok=True)
     (out / "quality.json").write_text(json.dumps(summary, indent=2))
 
 

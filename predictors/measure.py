@@ -112,20 +112,31 @@ def candidate_archs(space: SearchSpace, n: int, seed: int = 0) -> list[Arch]:
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], task: str) -> dict:
-    """{"accuracy": %} for classification, {"loss", "bpc"} (nats and bits per byte) for the LM."""
+def evaluate(
+    model: torch.nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], task: str, halves: bool = False
+) -> dict:
+    """{"accuracy": %} for classification, {"loss", "bpc"} (nats and bits per byte) for the LM; with `halves`, also
+    the task metric on each half of the samples (`<metric>_h1`: even positions, `_h2`: odd), whose agreement across
+    archs says how reliable one label is (predictors/reliability.py)."""
     model.eval()
     if task == "image":
-        correct = sum(int((model(x).argmax(-1) == y).sum()) for x, y in batches)
-        return {"accuracy": 100.0 * correct / sum(len(y) for _, y in batches)}
-    total = count = 0.0
+        hits = torch.cat([(model(x).argmax(-1) == y).double() for x, y in batches])
+        out = {"accuracy": 100.0 * float(hits.mean())}
+        if halves:
+            out.update({f"accuracy_h{k + 1}": 100.0 * float(hits[k::2].mean()) for k in (0, 1)})
+        return out
+    sums, counts = [], []
     for x, y in batches:
         logits = model(x)
-        total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
-                                                         reduction="sum"))  # fmt: skip
-        count += y.numel()
-    loss = total / count
-    return {"loss": loss, "bpc": loss / math.log(2)}
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2).double(), y, reduction="none")  # (B, T)
+        sums.append(nll.sum(dim=1))
+        counts.append(torch.full((len(y),), y.shape[1], dtype=torch.float64))
+    s, c = torch.cat(sums), torch.cat(counts)
+    loss = float(s.sum() / c.sum())
+    out = {"loss": loss, "bpc": loss / math.log(2)}
+    if halves:
+        out.update({f"loss_h{k + 1}": float(s[k::2].sum() / c[k::2].sum()) if len(s) > k else loss for k in (0, 1)})
+    return out
 
 
 @torch.inference_mode()
@@ -301,7 +312,7 @@ def measure_arch(
     arithmetic (tested), so the latency belongs to the model whose accuracy is reported.
     """
     sub = extract_subnet(net, arch)
-    row: dict[str, float] = dict(evaluate(sub, batches, net.config.task))
+    row: dict[str, float] = dict(evaluate(sub, batches, net.config.task, halves=True))
     if cfg.runtime == "onnxruntime":
         if kernels is None:
             kernels = kernel_table(cfg, net.config, example)

@@ -48,8 +48,15 @@ SETTINGS_NAME = "measurements.json"
 KERNELS_NAME = "kernels.json"
 
 
-def metric_columns(task: str) -> list[str]:
+def quality_columns(task: str) -> list[str]:
+    """The task metric first: accuracy (%), or the LM's loss and bits per byte."""
     return ["accuracy"] if task == "image" else ["loss", "bpc"]
+
+
+def metric_columns(task: str) -> list[str]:
+    """The quality columns of a measurement table: the task metric, then its value on each half of the samples."""
+    first = quality_columns(task)[0]
+    return [*quality_columns(task), f"{first}_h1", f"{first}_h2"]
 
 
 def table_columns(task: str) -> list[str]:

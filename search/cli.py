@@ -26,8 +26,8 @@ from predictors.measure_cli import (
     SETTINGS_NAME,
     kernels_path,
     latency_config,
-    metric_columns,
     prepare,
+    quality_columns,
     reference_settings,
 )
 from predictors.table import MeasurementTable
@@ -73,7 +73,7 @@ def build_search(cfg: DictConfig) -> RefinementSearch:
     """The search for a composed nas-search config (the supernet, its data, the evaluator, the backend)."""
     search_cfg = SearchConfig.from_dict(OmegaConf.to_container(cfg.search, resolve=True))
     net, batches, example, lat_cfg = prepare(cfg)
-    columns = [*metric_columns(net.config.task), *LATENCY_COLUMNS, *COST_COLUMNS]
+    columns = [*quality_columns(net.config.task), *LATENCY_COLUMNS, *COST_COLUMNS]
     kernels = kernel_table(lat_cfg, net.config, example, kernels_path(cfg))
     settings = {**measurement_settings(cfg), **reference_settings(net, kernels, example, lat_cfg)}
     evaluator = SupernetEvaluator(net, batches, example, lat_cfg, columns, settings, kernels)

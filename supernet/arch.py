@@ -78,6 +78,13 @@ class Arch:
         """(num_heads, mlp_ratio, w_bits) of active layer `i`."""
         return self.num_heads[i], self.mlp_ratio[i], self.w_bits[i]
 
+    def truncate(self, depth: int) -> Arch:
+        """The same arch keeping only its first `depth` layers."""
+        if not 1 <= depth <= self.depth:
+            raise ValueError(f"depth={depth} must lie in [1, {self.depth}] to truncate {self.key()}")
+        n = depth
+        return Arch(n, self.embed_dim, self.num_heads[:n], self.mlp_ratio[:n], self.w_bits[:n], self.a_bits)
+
     def ffn_hidden(self, i: int) -> int:
         """FFN hidden width of layer `i`: mlp_ratio × embed_dim (the space guarantees it is an integer)."""
         return round(self.mlp_ratio[i] * self.embed_dim)

@@ -32,6 +32,9 @@ class ModelConfig:
     block_size: int = 64
     # guard against spaces deeper than intended (None: no limit)
     max_depth: int | None = None
+    # one LayerNorm affine pair per weight bit-width in each block (Any-Precision's bit-specific norms); the
+    # extracted subnet keeps only the pair of each layer's bit-width, so it costs nothing at deployment
+    bit_norms: bool = False
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

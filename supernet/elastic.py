@@ -45,19 +45,27 @@ class ElasticLinear(nn.Module):
 
 
 class ElasticLayerNorm(nn.Module):
-    """LayerNorm over the first `dim` channels, with the matching slice of its affine parameters."""
+    """LayerNorm over the first `dim` channels, with the matching slice of its affine parameters.
 
-    def __init__(self, dim_max: int, eps: float = 1e-5) -> None:
+    With `variants` > 1 it holds one affine pair per variant (rows of `(variants, dim_max)` tables) and a subnet picks
+    one: the bit-width-specific norms of Any-Precision DNNs, so a 1-bit layer can rescale its inputs independently of
+    the same layer at 8 or 32 bits.
+    """
+
+    def __init__(self, dim_max: int, eps: float = 1e-5, variants: int = 1) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim_max))
-        self.bias = nn.Parameter(torch.zeros(dim_max))
+        shape = (dim_max,) if variants == 1 else (variants, dim_max)
+        self.weight = nn.Parameter(torch.ones(shape))
+        self.bias = nn.Parameter(torch.zeros(shape))
         self.eps = eps
 
-    def materialize(self, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return slice_vector(self.weight, dim), slice_vector(self.bias, dim)
+    def materialize(self, dim: int, variant: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.weight.dim() == 1:
+            return slice_vector(self.weight, dim), slice_vector(self.bias, dim)
+        return slice_vector(self.weight[variant], dim), slice_vector(self.bias[variant], dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fn.layer_norm(x, *self.materialize(x.shape[-1]), self.eps)
+    def forward(self, x: torch.Tensor, variant: int = 0) -> torch.Tensor:
+        return fn.layer_norm(x, *self.materialize(x.shape[-1], variant), self.eps)
 
 
 class ElasticAttention(nn.Module):
@@ -99,22 +107,46 @@ class ElasticFFN(nn.Module):
 class ElasticBlock(nn.Module):
     """Pre-norm transformer block made of the elastic layers above."""
 
-    def __init__(self, embed_max: int, heads_max: int, head_dim: int, hidden_max: int, eps: float) -> None:
+    def __init__(
+        self,
+        embed_max: int,
+        heads_max: int,
+        head_dim: int,
+        hidden_max: int,
+        eps: float,
+        norm_bits: tuple[int, ...] | None = None,
+    ) -> None:
         super().__init__()
         self.head_dim = head_dim
         self.eps = eps
-        self.ln1 = ElasticLayerNorm(embed_max, eps)
+        # With `norm_bits` (the space's w_bits choices) each weight bit-width has its own ln1/ln2 affine parameters.
+        self.norm_bits = tuple(norm_bits) if norm_bits else None
+        variants = len(self.norm_bits) if self.norm_bits else 1
+        self.ln1 = ElasticLayerNorm(embed_max, eps, variants)
         self.attn = ElasticAttention(embed_max, heads_max, head_dim)
-        self.ln2 = ElasticLayerNorm(embed_max, eps)
+        self.ln2 = ElasticLayerNorm(embed_max, eps, variants)
         self.ffn = ElasticFFN(embed_max, hidden_max)
 
-    def materialize(self, embed_dim: int, heads: int, hidden: int, w_bits: int) -> fn.BlockWeights:
-        """All tensors of this block for one subnet layer, sliced and quantized."""
+    def norm_variant(self, w_bits: int) -> int:
+        """Row of the norm tables used at `w_bits` (0 without bit-specific norms)."""
+        if self.norm_bits is None:
+            return 0
+        if w_bits not in self.norm_bits:
+            raise ValueError(f"w_bits={w_bits} has no norm of its own; this supernet's choices are {self.norm_bits}")
+        return self.norm_bits.index(w_bits)
+
+    def materialize(
+        self, embed_dim: int, heads: int, hidden: int, w_bits: int, quantize: bool = True
+    ) -> fn.BlockWeights:
+        """All tensors of this block for one subnet layer, sliced and quantized (float with `quantize=False`, for
+        quantization-aware extraction; the norms are still those of `w_bits`)."""
+        v = self.norm_variant(w_bits)
+        bits = w_bits if quantize else 32
         return fn.BlockWeights(
-            *self.ln1.materialize(embed_dim),
-            *self.attn.materialize(embed_dim, heads, w_bits),
-            *self.ln2.materialize(embed_dim),
-            *self.ffn.materialize(embed_dim, hidden, w_bits),
+            *self.ln1.materialize(embed_dim, v),
+            *self.attn.materialize(embed_dim, heads, bits),
+            *self.ln2.materialize(embed_dim, v),
+            *self.ffn.materialize(embed_dim, hidden, bits),
         )
 
     def forward(self, x: torch.Tensor, heads: int, hidden: int, w_bits: int, a_bits: int, causal: bool) -> torch.Tensor:

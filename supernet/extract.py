@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import NamedTuple
 
 import torch
@@ -36,9 +35,8 @@ def extract_subnet(supernet: Supernet, arch: Arch, qat: bool = False) -> StaticS
         sub = build_subnet(arch, supernet.config)
     sub = sub.to_empty(device=ref.device).to(dtype=ref.dtype)
     _assign(sub.stem.weights(), supernet.stem.materialize(arch.embed_dim))
-    float_arch = replace(arch, w_bits=(32,) * arch.depth) if qat else arch
     for i, blk in enumerate(sub.blocks):
-        _assign(blk.weights(), supernet.block_weights(float_arch, i))
+        _assign(blk.weights(), supernet.block_weights(arch, i, quantize=not qat))
     _assign(sub.head.weights(), supernet.head.materialize(arch.embed_dim))
     if qat:
         add_weight_quantizers(sub)

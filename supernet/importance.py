@@ -61,13 +61,13 @@ def _channel_tensors(net: Supernet) -> list[tuple[torch.Tensor, int]]:
         out = [(stem.table, 1), (stem.pos, 1)]
     for blk in net.blocks:
         out += [
-            (blk.ln1.weight, 0),
-            (blk.ln1.bias, 0),
+            (blk.ln1.weight, blk.ln1.weight.dim() - 1),
+            (blk.ln1.bias, blk.ln1.bias.dim() - 1),
             (blk.attn.qkv.weight, 1),
             (blk.attn.proj.weight, 0),
             (blk.attn.proj.bias, 0),
-            (blk.ln2.weight, 0),
-            (blk.ln2.bias, 0),
+            (blk.ln2.weight, blk.ln2.weight.dim() - 1),
+            (blk.ln2.bias, blk.ln2.bias.dim() - 1),
             (blk.ffn.fc1.weight, 1),
             (blk.ffn.fc2.weight, 0),
             (blk.ffn.fc2.bias, 0),

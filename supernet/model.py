@@ -32,7 +32,14 @@ class Supernet(nn.Module):
         embed_max = space.embed_dim[-1]
         hidden_max = round(space.mlp_ratio[-1] * embed_max)
         self.blocks = nn.ModuleList(
-            ElasticBlock(embed_max, space.num_heads[-1], config.head_dim, hidden_max, config.ln_eps)
+            ElasticBlock(
+                embed_max,
+                space.num_heads[-1],
+                config.head_dim,
+                hidden_max,
+                config.ln_eps,
+                norm_bits=space.w_bits if config.bit_norms else None,
+            )
             for _ in range(space.max_depth)
         )
 
@@ -45,19 +52,36 @@ class Supernet(nn.Module):
     def output(self, h: torch.Tensor, arch: Arch) -> torch.Tensor:
         raise NotImplementedError
 
-    def block_weights(self, arch: Arch, i: int) -> fn.BlockWeights:
-        """Sliced, quantized tensors of layer `i` of `arch`."""
-        return self.blocks[i].materialize(arch.embed_dim, arch.num_heads[i], arch.ffn_hidden(i), arch.w_bits[i])
+    def block_weights(self, arch: Arch, i: int, quantize: bool = True) -> fn.BlockWeights:
+        """Sliced, quantized (or, with `quantize=False`, float) tensors of layer `i` of `arch`."""
+        return self.blocks[i].materialize(
+            arch.embed_dim, arch.num_heads[i], arch.ffn_hidden(i), arch.w_bits[i], quantize
+        )
 
     def forward(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:
         """Output of subnet `arch` on `x` (validated against the space and the input spec)."""
+        self.space.validate(arch)  # first: a bad arch (even a dict) gets the space's one-line error
+        self.check_input(x)
+        return self._exits(x, arch, (arch.depth,))[arch.depth]
+
+    def forward_exits(self, x: torch.Tensor, arch: Arch, depths: tuple[int, ...]) -> dict[int, torch.Tensor]:
+        """Outputs of `arch` cut after each of `depths` blocks, from one pass: the exit at depth d is exactly the
+        output of `arch.truncate(d)`, the same arch keeping its first d layers."""
         self.space.validate(arch)
         self.check_input(x)
+        if not depths or max(depths) > arch.depth or min(depths) < 1:
+            raise ValueError(f"exit depths {depths} must lie in [1, {arch.depth}] for arch {arch.key()}")
+        return self._exits(x, arch, depths)
+
+    def _exits(self, x: torch.Tensor, arch: Arch, depths: tuple[int, ...]) -> dict[int, torch.Tensor]:
         h = self.embed(x, arch)  # (B, T, E)
-        for i in range(arch.depth):  # elastic depth: the first `depth` blocks
+        out = {}
+        for i in range(max(depths)):  # elastic depth: the first `depth` blocks
             blk = self.blocks[i]
             h = blk(h, arch.num_heads[i], arch.ffn_hidden(i), arch.w_bits[i], arch.a_bits, self.config.causal)
-        return self.output(h, arch)
+            if i + 1 in depths:
+                out[i + 1] = self.output(h, arch)
+        return out
 
 
 class ViTSupernet(Supernet):

@@ -12,6 +12,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from supernet.sampling import DIMENSIONS, SAMPLERS
 
+EXIT_MODES = ("none", "teacher", "all")
+
 
 @dataclass
 class ProgressiveConfig:
@@ -31,8 +33,13 @@ class TrainConfig:
     num_random: int = 2  # random archs per sandwich step besides the largest and the smallest
     kd_temperature: float = 1.0
     kd_weight: float = 1.0  # students: kd_weight × KL(largest ‖ student) + task_weight × task loss
-    task_weight: float = 0.5
+    task_weight: float = 1.0
     student_reduction: str = "mean"  # mean | sum: how the students' losses combine before adding the teacher's
+    # Depth exits (deep supervision): each sampled arch also trains, as extra students distilled from the teacher,
+    # every shallower depth of the space, read off the same forward pass (the shared head after block d), nearly
+    # for free. none | teacher (exits of the largest arch only) | all (exits of every sampled arch).
+    depth_exits: str = "none"
+    exit_weight: float = 1.0  # weight of one exit's loss relative to one sampled student's
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_fraction: float = 0.05  # linear warmup, then cosine to min_lr_ratio × lr
@@ -84,6 +91,11 @@ def resolve_train_config(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]
             out["student_reduction"] in ("sum", "mean"),
             f"train.student_reduction={out['student_reduction']!r} is not one of ['mean', 'sum']",
         ),
+        (
+            out["depth_exits"] in EXIT_MODES,
+            f"train.depth_exits={out['depth_exits']!r} is not one of {list(EXIT_MODES)}",
+        ),
+        (out["exit_weight"] >= 0, f"train.exit_weight={out['exit_weight']} must be >= 0"),
         (out["num_random"] >= 0, f"train.num_random={out['num_random']} must be >= 0"),
         (out["kd_temperature"] > 0, f"train.kd_temperature={out['kd_temperature']} must be > 0"),
         (out["lr"] > 0, f"train.lr={out['lr']} must be > 0"),

@@ -3,8 +3,9 @@
 Per optimizer step the sampler (supernet/sampling.py) names the subnets. With the sandwich rule the largest arch
 learns from the labels, and the smallest plus `num_random` random archs learn from the largest arch's detached
 outputs (in-place distillation: KL at temperature `kd_temperature`, weight `kd_weight`) plus `task_weight` × the
-task loss. All subnet losses are summed before one backward pass, so their gradients accumulate into a single
-optimizer step and DDP sees exactly one forward/backward per step.
+task loss. With `depth_exits`, an arch's shallower depths are read off its own forward pass (the shared head
+after block d) and distilled too, nearly for free. All subnet losses are summed before one backward pass, so their
+gradients accumulate into a single optimizer step and DDP sees exactly one forward/backward per step.
 
 Validation reports the task metric for the largest, the smallest and `reference_archs` fixed archs spread over
 the space by MACs, plus their mean (the checkpoint monitor), so the log shows the whole spectrum.
@@ -124,8 +125,11 @@ class SupernetModule(L.LightningModule):
         n_students = sum(p.role == "student" for p in picks)
         # "mean": the students together weigh as much as the teacher; "sum": each weighs as much (BigNAS).
         student_scale = 1.0 / max(n_students, 1) if self.cfg["student_reduction"] == "mean" else 1.0
+        space = self.sampler.space_at(self.global_step)
         for pick in picks:
-            logits = self.net(x, pick.arch)
+            depths = self.exit_depths(pick, space)
+            outs = self.net.forward_exits(x, pick.arch, depths)
+            logits = outs[pick.arch.depth]
             loss, ce = pick_loss(logits, y, pick.role, teacher, self.cfg)
             if pick.role == "student":
                 loss = loss * student_scale
@@ -134,6 +138,11 @@ class SupernetModule(L.LightningModule):
             if pick.role != "student":
                 self.log(f"train/ce_{'largest' if pick.role == 'teacher' else 'sampled'}", ce, batch_size=len(y))
             total = total + loss
+            # One arch's exits together weigh `exit_weight` sampled students; they distil from the full teacher.
+            exits = depths[:-1]
+            for d in exits:
+                exit_loss, _ = pick_loss(outs[d], y, "student", teacher, self.cfg)
+                total = total + exit_loss * (student_scale * self.cfg["exit_weight"] / len(exits))
         # One host sync per step (not per subnet); under DDP all ranks agree, so they all stop instead of one hanging.
         bad = not bool(torch.isfinite(total))
         if self._trainer is not None:
@@ -146,6 +155,13 @@ class SupernetModule(L.LightningModule):
             )
         self.log("train/loss", total, prog_bar=True, batch_size=len(y))
         return total
+
+    def exit_depths(self, pick, space: SearchSpace) -> tuple[int, ...]:
+        """Depths `pick` trains in this step: its own, plus the space's shallower depths when exits are on."""
+        mode = self.cfg["depth_exits"]
+        if mode == "all" or (mode == "teacher" and pick.role == "teacher"):
+            return (*(d for d in space.depth if d < pick.arch.depth), pick.arch.depth)
+        return (pick.arch.depth,)
 
     def _assert_ranks_agree(self, picks: list) -> None:
         """DDP guard: every rank must train the same archs in the same step."""

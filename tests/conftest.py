@@ -15,6 +15,7 @@ SPACES = ROOT / "conf" / "space"
 # Every task model the project ships. A new task added here is covered by every contract test automatically.
 TASK_CONFIGS = {
     "image": ModelConfig(task="image"),
+    "image_bit_norms": ModelConfig(task="image", bit_norms=True),  # the ViT as the demo trains it
     "lm": ModelConfig(task="lm", vocab_size=256, block_size=32),
 }
 

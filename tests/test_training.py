@@ -224,7 +224,8 @@ def test_sandwich_loss_combines_teacher_and_students(default_space, reduction) -
     """total = CE(largest) + scale × Σ_students [kd_weight·KL + task_weight·CE], scale = 1/n (mean) or 1 (sum)."""
     from supernet.training import distill_loss, task_loss
 
-    module = SupernetModule(default_space.to_dict(), {"task": "image"}, {"student_reduction": reduction})
+    train = {"student_reduction": reduction, "task_weight": 0.5}
+    module = SupernetModule(default_space.to_dict(), {"task": "image"}, train)
     module.sampler = build_sampler("sandwich", module.space, num_random=2, seed=3)
     module.log = lambda *a, **k: None
     x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])

@@ -1,0 +1,84 @@
+"""Benchmark: how reliable is one accuracy label, and what would raise it?
+
+Scores the demo's candidate archs (the ones `nas-measure` measures) per image on the validation subset and on the
+test split, then reports the split-half Kendall τ (same archs, two disjoint halves of the images, mean of 20 random
+halvings) for:
+
+* the accuracy label as `nas-measure` records it (validation halves of 2,500 images);
+* twice as many images per half (test halves of 5,000): what more validation images would buy;
+* smoother per-image scores (probability and log-probability of the true class), and how well each ranks the archs'
+  *test* accuracy, the thing a label stands for.
+
+    python bench/label_reliability.py --run results/demo [--n-archs 200] [--out bench/results/label_reliability.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import kendalltau
+
+from predictors.measure import candidate_archs, fixed_batches
+from predictors.measure_cli import build_data
+from predictors.reliability import split_half_tau
+from supernet.artifact import load_supernet
+
+SCORES = ("accuracy", "p_true", "logp_true")
+
+
+@torch.inference_mode()
+def scores(net, arch, batches) -> dict[str, np.ndarray]:
+    """Per-image correctness, probability and log-probability of the true class."""
+    out = {k: [] for k in SCORES}
+    for x, y in batches:
+        logp = net(x, arch).log_softmax(-1)
+        true = logp.gather(1, y[:, None])[:, 0].double()
+        out["accuracy"].append((logp.argmax(-1) == y).double())
+        out["p_true"].append(true.exp())
+        out["logp_true"].append(true)
+    return {k: torch.cat(v).numpy() for k, v in out.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", default="results/demo")
+    ap.add_argument("--n-archs", type=int, default=200)
+    ap.add_argument("--val-images", type=int, default=5000)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    net, info = load_supernet(Path(args.run))
+    dm = build_data(info, {"val_subset_size": args.val_images})
+    dm.setup()
+    val, test = fixed_batches(dm.val_subset_dataloader()), fixed_batches(dm.test_dataloader())
+    archs = candidate_archs(net.space, args.n_archs, seed=0)
+    t0 = time.perf_counter()
+    v = [scores(net, a, val) for a in archs]
+    t = [scores(net, a, test) for a in archs]
+    test_acc = np.array([s["accuracy"].mean() for s in t])
+    result = {"run": args.run, "n_archs": len(archs), "val_images": args.val_images, "test_images": len(dm.test),
+              "seconds": round(time.perf_counter() - t0, 1), "scores": {}}  # fmt: skip
+    acc = 100 * np.array([s["accuracy"].mean() for s in v])
+    result["val_accuracy_range"] = [float(acc.min()), float(acc.max())]
+    result["val_accuracy_sd"] = float(acc.std())
+    print(f"{len(archs)} archs, validation accuracy {acc.min():.2f}–{acc.max():.2f} % (sd {acc.std():.2f})")
+    print(f"{'score':10s} {'split-half τ, val':>18s} {'split-half τ, test':>19s} {'τ(val score, test acc)':>23s}")
+    for k in SCORES:
+        mv, mt = np.stack([s[k] for s in v]), np.stack([s[k] for s in t])
+        half_val, half_test = split_half_tau(mv), split_half_tau(mt)
+        vs_test = float(kendalltau(mv.mean(1), test_acc).statistic)
+        result["scores"][k] = {"split_half_val": half_val, "split_half_test": half_test,
+                               "tau_vs_test_accuracy": vs_test}  # fmt: skip
+        print(f"{k:10s} {half_val[0]:11.3f} ± {half_val[1]:.3f} {half_test[0]:12.3f} ± {half_test[1]:.3f} "
+              f"{vs_test:23.3f}")  # fmt: skip
+    print(f"(val halves: {args.val_images // 2} images each; test halves: {len(dm.test) // 2} each)")
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Depth exits (deep supervision) and bit-specific norms: what the training recipe adds to the supernet."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from supernet import ModelConfig, build_supernet, extract_subnet
+from supernet.arch import Arch
+from supernet.sampling import build_sampler
+from supernet.train_config import resolve_train_config
+from supernet.training import SupernetModule, distill_loss, task_loss
+from tests.conftest import randomize, sample_input
+
+
+def test_truncate_keeps_the_first_layers() -> None:
+    a = Arch(3, 64, (1, 2, 4), (1.0, 2.0, 3.0), (1, 8, 32), a_bits=8)
+    assert a.truncate(2) == Arch(2, 64, (1, 2), (1.0, 2.0), (1, 8), a_bits=8)
+    assert a.truncate(3) == a
+    for bad in (0, 4):
+        with pytest.raises(ValueError, match="must lie in"):
+            a.truncate(bad)
+
+
+def test_every_exit_is_the_truncated_arch(task_net) -> None:
+    """Property over random archs: the exit after d blocks equals supernet(x, arch.truncate(d)) exactly."""
+    rng = np.random.default_rng(1)
+    x = sample_input(task_net.config, batch=2, seq_len=8)
+    with torch.no_grad():
+        for _ in range(25):
+            arch = task_net.space.sample(rng)
+            depths = tuple(d for d in task_net.space.depth if d <= arch.depth)
+            outs = task_net.forward_exits(x, arch, depths)
+            assert sorted(outs) == sorted(depths)
+            for d in depths:
+                assert torch.equal(outs[d], task_net(x, arch.truncate(d)))
+    with pytest.raises(ValueError, match="exit depths"):
+        task_net.forward_exits(x, arch, (arch.depth + 1,))
+
+
+@pytest.mark.parametrize("mode", ["teacher", "all"])
+def test_exit_losses_join_the_sandwich_loss(default_space, mode) -> None:
+    """total = the sandwich loss + per arch with exits: exit_weight/n_exits × mean-scale × student loss of each exit."""
+    cfg = {"depth_exits": mode, "exit_weight": 0.7, "task_weight": 0.5}
+    module = SupernetModule(default_space.to_dict(), {"task": "image"}, cfg)
+    module.sampler = build_sampler("sandwich", module.space, num_random=2, seed=5)
+    module.log = lambda *a, **k: None
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        total = module.training_step((x, y), 0)
+        picks = module.sampler.picks(0)
+        teacher = module.net(x, picks[0].arch)
+        scale = 1 / (len(picks) - 1)
+
+        def student(logits):
+            return distill_loss(logits, teacher, 1.0) + 0.5 * task_loss(logits, y)
+
+        want = task_loss(teacher, y) + sum(scale * student(module.net(x, p.arch)) for p in picks[1:])
+        for p in picks if mode == "all" else picks[:1]:
+            exits = [d for d in default_space.depth if d < p.arch.depth]
+            for d in exits:
+                want = want + scale * 0.7 / len(exits) * student(module.net(x, p.arch.truncate(d)))
+    torch.testing.assert_close(total, want)
+
+
+def test_exit_modes_are_validated() -> None:
+    assert resolve_train_config({"depth_exits": "all"})["depth_exits"] == "all"
+    with pytest.raises(ValueError, match=r"train\.depth_exits='some' is not one of"):
+        resolve_train_config({"depth_exits": "some"})
+    with pytest.raises(ValueError, match="exit_weight"):
+        resolve_train_config({"exit_weight": -1.0})
+
+
+def test_bit_norms_are_per_bit_width_and_extract_exactly(default_space) -> None:
+    """With bit_norms each w_bits choice has its own ln1/ln2 row; the extracted subnet keeps its layers' rows."""
+    config = ModelConfig(task="image", bit_norms=True)
+    net = randomize(build_supernet(default_space, config)).eval()
+    assert net.blocks[0].ln1.weight.shape == (len(default_space.w_bits), default_space.embed_dim[-1])
+    rng = np.random.default_rng(2)
+    x = sample_input(config, batch=3)
+    with torch.no_grad():
+        for _ in range(25):
+            arch = default_space.sample(rng)
+            assert torch.equal(extract_subnet(net, arch).eval()(x), net(x, arch))
+        # Two archs that differ only in one layer's bit-width use different norms (not just other weights).
+        a = default_space.largest()
+        w = net.blocks[0].materialize(a.embed_dim, a.num_heads[0], a.ffn_hidden(0), 8)
+        assert not torch.equal(w.ln1_w, net.blocks[0].materialize(a.embed_dim, 4, a.ffn_hidden(0), 32).ln1_w)
+    with pytest.raises(ValueError, match="has no norm of its own"):
+        net.blocks[0].norm_variant(3)
