@@ -114,7 +114,7 @@ def fit_run(cfg: DictConfig) -> dict[str, Any]:
         note = ""
         if reliability is not None:
             report["objectives"][objective]["label_split_half_tau"] = reliability
-            note = f" (labels: split-half τ={reliability:.3f}, a ceiling for the predictor's τ)"
+            note = f" (its labels on two halves of the images agree at τ={reliability:.3f})"
         print(f"nas-fit: {objective}: {predictor.estimator}, held-out τ={tau:.3f}, MAPE={100 * err:.2f}%{note}")
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
     return report
