@@ -62,3 +62,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def sandwich_module(space: SearchSpace, train: dict, seed: int):
+    """A SupernetModule on `space` with a seeded 2-random sandwich sampler and logging switched off, for loss tests."""
+    from supernet.sampling import build_sampler
+    from supernet.training import SupernetModule
+
+    module = SupernetModule(space.to_dict(), {"task": "image"}, train)
+    module.sampler = build_sampler("sandwich", module.space, num_random=2, seed=seed)
+    module.log = lambda *a, **k: None
+    return module

@@ -8,10 +8,9 @@ import torch
 
 from supernet import ModelConfig, build_supernet, extract_subnet
 from supernet.arch import Arch
-from supernet.sampling import build_sampler
 from supernet.train_config import resolve_train_config
-from supernet.training import SupernetModule, distill_loss, task_loss
-from tests.conftest import randomize, sample_input
+from supernet.training import distill_loss, task_loss
+from tests.conftest import randomize, sample_input, sandwich_module
 
 
 def test_truncate_keeps_the_first_layers() -> None:
@@ -42,10 +41,7 @@ def test_every_exit_is_the_truncated_arch(task_net) -> None:
 @pytest.mark.parametrize("mode", ["teacher", "all"])
 def test_exit_losses_join_the_sandwich_loss(default_space, mode) -> None:
     """total = the sandwich loss + per arch with exits: exit_weight/n_exits × mean-scale × student loss of each exit."""
-    cfg = {"depth_exits": mode, "exit_weight": 0.7, "task_weight": 0.5}
-    module = SupernetModule(default_space.to_dict(), {"task": "image"}, cfg)
-    module.sampler = build_sampler("sandwich", module.space, num_random=2, seed=5)
-    module.log = lambda *a, **k: None
+    module = sandwich_module(default_space, {"depth_exits": mode, "exit_weight": 0.7, "task_weight": 0.5}, seed=5)
     x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
     with torch.no_grad():
         total = module.training_step((x, y), 0)

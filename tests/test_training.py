@@ -20,7 +20,7 @@ from supernet.artifact import load_supernet, read_metadata
 from supernet.sampling import build_sampler
 from supernet.train_cli import CONF_DIR, train
 from supernet.training import SupernetModule
-from tests.conftest import ROOT
+from tests.conftest import ROOT, sandwich_module
 
 FAST = [
     "experiment=smoke",
@@ -224,10 +224,7 @@ def test_sandwich_loss_combines_teacher_and_students(default_space, reduction) -
     """total = CE(largest) + scale × Σ_students [kd_weight·KL + task_weight·CE], scale = 1/n (mean) or 1 (sum)."""
     from supernet.training import distill_loss, task_loss
 
-    train = {"student_reduction": reduction, "task_weight": 0.5}
-    module = SupernetModule(default_space.to_dict(), {"task": "image"}, train)
-    module.sampler = build_sampler("sandwich", module.space, num_random=2, seed=3)
-    module.log = lambda *a, **k: None
+    module = sandwich_module(default_space, {"student_reduction": reduction, "task_weight": 0.5}, seed=3)
     x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
     with torch.no_grad():
         total = module.training_step((x, y), 0)
