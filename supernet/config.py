@@ -49,6 +49,8 @@ class ModelConfig:
             )
         if self.max_depth is not None and (not isinstance(self.max_depth, int) or self.max_depth < 1):
             raise ValueError(f"model.max_depth={self.max_depth!r} must be a positive integer or null")
+        if not isinstance(self.bit_norms, bool):
+            raise ValueError(f"model.bit_norms={self.bit_norms!r} must be true or false")
         if not self.ln_eps > 0:
             raise ValueError(f"model.ln_eps={self.ln_eps!r} must be > 0")
 

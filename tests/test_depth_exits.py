@@ -85,3 +85,8 @@ def test_bit_norms_are_per_bit_width_and_extract_exactly(default_space) -> None:
         assert not torch.equal(w.ln1_w, net.blocks[0].materialize(a.embed_dim, 4, a.ffn_hidden(0), 32).ln1_w)
     with pytest.raises(ValueError, match="has no norm of its own"):
         net.blocks[0].norm_variant(3)
+
+
+def test_bit_norms_must_be_a_boolean() -> None:
+    with pytest.raises(ValueError, match=r"model\.bit_norms='maybe' must be true or false"):
+        ModelConfig(task="image", bit_norms="maybe")
