@@ -33,6 +33,7 @@ from scipy.stats import qmc
 from supernet.arch import Arch
 from supernet.config import ModelConfig
 from supernet.costs import arch_costs
+from supernet.device_lock import measuring, timing
 from supernet.extract import extract_subnet
 from supernet.model import Supernet
 from supernet.runtime.graph import runtime_model
@@ -119,6 +120,20 @@ def evaluate(
     the task metric on each half of the samples (`<metric>_h1`: even positions, `_h2`: odd), whose agreement across
     archs says how reliable one label is (predictors/reliability.py)."""
     model.eval()
+    param = next(model.parameters(), None)
+    with measuring(device_key(param.device if param is not None else torch.device("cpu"))):
+        return _evaluate(model, batches, task, halves)
+
+
+def device_key(device: torch.device | str) -> str:
+    """The name of `device`'s lock (predictors/device_lock.py): "cpu", or "cuda:<index>"."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
+    return device.type
+
+
+def _evaluate(model: torch.nn.Module, batches: Sequence, task: str, halves: bool) -> dict:
     if task == "image":
         hits = torch.cat([(model(x).argmax(-1) == y).double() for x, y in batches])
         out = {"accuracy": 100.0 * float(hits.mean())}
@@ -213,6 +228,11 @@ def _paired(call, ref_call, ref_ms: float, cfg: LatencyConfig) -> dict:
     """Each repeat times the model, then the reference, back to back; the estimate is the ratio of their minima
     times the reference's calibrated latency. This VM slows down by up to 2x for tens of seconds at a time (the
     hypervisor): a slowdown that long hits both alike and cancels in the ratio."""
+    with timing("cpu"):  # ONNX Runtime runs on the CPU
+        return _paired_timed(call, ref_call, ref_ms, cfg)
+
+
+def _paired_timed(call, ref_call, ref_ms: float, cfg: LatencyConfig) -> dict:
     for _ in range(cfg.warmup):
         call()
         ref_call()
@@ -238,8 +258,13 @@ def _timed(call, cfg: LatencyConfig, timer) -> dict:
     """Warm-up, then `cfg.repeats` repeats of enough back-to-back calls to last `cfg.min_repeat_ms`.
 
     IQR and CV describe those repeats (per-call jitter averages out inside a repeat); the estimate is their minimum
-    or median (`cfg.estimator`).
+    or median (`cfg.estimator`). Nothing else is measured on the device meanwhile (predictors/device_lock.py).
     """
+    with timing(device_key(cfg.device)):
+        return _timed_alone(call, cfg, timer)
+
+
+def _timed_alone(call, cfg: LatencyConfig, timer) -> dict:
     for _ in range(cfg.warmup):
         call()
     # Sub-millisecond calls are dominated by timer and scheduler jitter: time `number` calls per repeat.

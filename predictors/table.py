@@ -2,8 +2,9 @@
 
 It is also the cache: an arch whose key is in the table is never measured again, so an interrupted measurement
 resumes where it stopped. Each row is written and flushed on its own. On load, a table written with other columns,
-a duplicated key or an unparsable row is reported as corrupt (never silently overwritten); only a last line cut
-short by an interruption is dropped, since that arch was never finished.
+a duplicated key, a row with too few fields or an invalid value (predictors/columns.py: not a number, not finite,
+out of range) is refused with one line naming the file, the row's key and the column (never silently overwritten);
+only a last line cut short by an interruption is dropped, since that arch was never finished.
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from predictors.columns import check_row
+
+# How to recover from a damaged row, said with every refusal: the file itself is never changed.
+FIX = "fix or delete that row (a deleted arch is measured again); the file was left as it is"
 
 
 @contextlib.contextmanager
@@ -67,11 +73,18 @@ class MeasurementTable:
                 "measure again, or use the settings that wrote it"
             )
         for lineno, values in enumerate(reader, start=2):
-            if len(values) != len(self.columns) or not values[0]:
-                raise ValueError(f"{self.path} is corrupt at line {lineno}: expected {len(self.columns)} fields")
+            where = f"{self.path}: row {values[0] if values and values[0] else '?'} (line {lineno})"
+            if not values or not values[0]:
+                raise ValueError(f"{where} has no key; {FIX}")
+            if len(values) != len(self.columns):
+                column = self.columns[min(len(values), len(self.columns) - 1)]
+                raise ValueError(f"{where}, column {column}: {len(values)} of {len(self.columns)} fields; {FIX}")
             row = dict(zip(self.columns, values, strict=True))
             if row["key"] in self.rows:
-                raise ValueError(f"{self.path} is corrupt at line {lineno}: arch {row['key']} appears twice")
+                raise ValueError(f"{where}: the arch appears twice; {FIX}")
+            bad = check_row(row)
+            if bad is not None:
+                raise ValueError(f"{where}, column {bad[0]}: {bad[1]}; {FIX}")
             self.rows[row["key"]] = row
         if self.dropped_partial_line:
             self._rewrite()

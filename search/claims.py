@@ -9,10 +9,13 @@ FAIL) is released, so another worker measures that arch.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+from search.database import resolve_url
 
 _META = sa.MetaData()
 CLAIMS = sa.Table(
@@ -32,16 +35,17 @@ class Claims:
     """The claims of study `study` in the database at `url` (any SQLAlchemy URL optuna's RDB storage accepts)."""
 
     def __init__(self, url: str, study: str) -> None:
-        args = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-        self.engine = sa.create_engine(url, **args)
+        args = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+        self.engine = sa.create_engine(resolve_url(url), **args)
         self.study = study
         for attempt in range(5):  # workers starting together race to create the table
             try:
                 _META.create_all(self.engine, checkfirst=True)
                 break
-            except (OperationalError, IntegrityError):
+            except (OperationalError, IntegrityError, ProgrammingError):  # PostgreSQL: "already exists"
                 if attempt == 4:
                     raise
+                time.sleep(0.1 * 2**attempt)
 
     def claim(self, key: str, trial: int, budget: int, failed: Callable[[Iterable[int]], set[int]]) -> str:
         """MINE when `trial` now owns arch `key`; TAKEN when another trial does; BUDGET when the budget's slots are
@@ -84,6 +88,11 @@ class Claims:
                     break
                 except IntegrityError:
                     continue  # another worker backfilled it or took that slot: look again
+
+    def trials(self) -> set[int]:
+        """The trial numbers that hold claims."""
+        with self.engine.begin() as conn:
+            return set(conn.execute(sa.select(CLAIMS.c.trial).where(CLAIMS.c.study == self.study)).scalars())
 
     def count(self) -> int:
         with self.engine.begin() as conn:

@@ -21,9 +21,20 @@ class HVConfig:
 
 @dataclass
 class OptunaConfig:
-    storage: str | None = None  # None: sqlite:///<out>/optuna.db; e.g. postgresql://user:pw@host/db to share
+    storage: str | None = None  # None: sqlite:///<out>/optuna.db; e.g. postgresql+psycopg2://user:pw@host/db
     study_name: str = "nas-search"
     sampler: str = "nsga2"  # nsga2 | tpe | random
+    heartbeat_interval: int = 30  # seconds between a worker's heartbeats
+    grace_period: int = 120  # seconds without a heartbeat after which a worker's trial is failed and its arch re-queued
+
+    def __post_init__(self) -> None:
+        for name in ("heartbeat_interval", "grace_period"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"search.optuna.{name}={v!r} must be a positive integer (seconds)")
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError(f"search.optuna.grace_period={self.grace_period} must exceed heartbeat_interval="
+                             f"{self.heartbeat_interval}, or live workers' trials would be failed")  # fmt: skip
 
 
 @dataclass
@@ -80,4 +91,6 @@ class SearchConfig:
         """Fields that must match to continue a run (the budget may grow; timing and plotting do not matter)."""
         d = self.to_dict()
         d.pop("budget")
+        for name in ("heartbeat_interval", "grace_period"):  # how workers watch each other, not what is searched
+            d["optuna"].pop(name)
         return d

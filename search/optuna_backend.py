@@ -2,10 +2,14 @@
 
 Every `nas-search search.backend=optuna` process is one worker: it asks the study for an arch (the sampler sees all
 workers' results), measures it, and tells the values back, until the study holds `budget` distinct measured archs.
-The study lives at `search.optuna.storage`: SQLite in the run directory by default, PostgreSQL (or any SQLAlchemy
-URL optuna supports) to share it between machines. The measured row of every arch is stored with its trial, so an
+The study lives at `search.optuna.storage`: SQLite in the run directory by default, PostgreSQL
+(`postgresql+psycopg2://user@host/db`, with `pip install "elastic-nas[postgres]"`) or any SQLAlchemy URL optuna
+supports to share it between machines. The measured row of every arch is stored with its trial, so an
 arch the sampler proposes again is answered from the study instead of being re-measured, and a restarted worker
-continues the same study. Worker heartbeats let optuna fail the trial of a worker that died mid-measurement.
+continues the same study. Worker heartbeats let optuna fail the trial of a worker that died mid-measurement; its
+arch is enqueued again and measured by another worker, which waits for that rather than stopping at the budget.
+Latency is timed under the machine's device lock (supernet/device_lock.py), so workers sharing a machine never time
+while another measures.
 
 evaluations.csv and the other outputs are views of the study, rewritten from it when a worker finishes.
 """
@@ -19,9 +23,12 @@ from typing import Any
 
 import numpy as np
 import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from sqlalchemy.exc import SQLAlchemyError
 
 from predictors.table import MeasurementTable
 from search.claims import BUDGET, TAKEN, Claims
+from search.database import missing_driver_message, redact, resolve_url
 from search.loop import TABLE_NAME, RefinementSearch
 from search.report import write_outputs
 from supernet.arch import Arch
@@ -43,27 +50,38 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     raise ValueError(f"unknown search.optuna.sampler {name!r}; valid samplers: {list(SAMPLERS)}")
 
 
-def open_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
-    """The study storage at `url`, or one clear error when it cannot be reached.
+def open_storage(
+    url: str, heartbeat_interval: int = 30, grace_period: int = 120, attempts: int = 4
+) -> optuna.storages.RDBStorage:
+    """The study storage at `url` (search/database.py resolves its driver), or one clear error when it cannot be
+    reached.
 
-    Workers starting together on a new database race to create optuna's tables; the losers retry (with backoff) and
-    then find the tables made.
+    A worker's heartbeat every `heartbeat_interval` s lets any other worker fail its trial once `grace_period` s
+    pass without one (it died); the failed trial's arch is enqueued again, so another worker measures it. Workers
+    starting together on a new database race to create optuna's tables; the losers retry (with a short backoff)
+    and then find the tables made.
     """
+    resolved = resolve_url(url)
     for attempt in range(attempts):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
-                return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+                return optuna.storages.RDBStorage(
+                    resolved,
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+                )
         except ModuleNotFoundError as e:
-            raise ValueError(f"optuna storage {url!r} needs the database driver {e.name!r}: pip install it") from None
+            raise ValueError(missing_driver_message(url, e.name or str(e))) from None
         except Exception as e:  # SQLAlchemy raises many types (OperationalError, ArgumentError, ...) for one problem
             if attempt + 1 < attempts:
                 time.sleep(0.1 * 2**attempt)
                 continue
             reason = str(e).strip().splitlines()[0][:200]
-            raise ValueError(f"cannot open the optuna storage {url!r} ({reason}); check the URL and that the database "
-                             "server is reachable, or leave search.optuna.storage unset for SQLite in the run "
-                             "directory") from None  # fmt: skip
+            raise ValueError(f"cannot open the optuna storage {redact(url)} ({reason}); check the URL and that the "
+                             "database server is reachable, or leave search.optuna.storage unset for SQLite in the "
+                             "run directory") from None  # fmt: skip
     raise AssertionError("unreachable")
 
 
@@ -93,18 +111,18 @@ class OptunaSearch(RefinementSearch):
         """(the study, whether this worker created it): of workers starting together, one creates the study and the
         others load it."""
         directions = ["maximize" if o.direction == "max" else "minimize" for o in self.objectives]
-        name = self.cfg.optuna.study_name
+        opt = self.cfg.optuna
+        storage = open_storage(self.url, opt.heartbeat_interval, opt.grace_period)
         for attempt in range(5):
             try:
-                storage = open_storage(self.url)
                 try:
                     study = optuna.create_study(
-                        storage=storage, study_name=name, directions=directions, sampler=sampler
+                        storage=storage, study_name=opt.study_name, directions=directions, sampler=sampler
                     )
                     return study, True
                 except optuna.exceptions.DuplicatedStudyError:
-                    return optuna.load_study(study_name=name, storage=storage, sampler=sampler), False
-            except ValueError:
+                    return optuna.load_study(study_name=opt.study_name, storage=storage, sampler=sampler), False
+            except (SQLAlchemyError, KeyError):  # the creator's insert is not visible yet: look again
                 if attempt == 4:
                     raise
                 time.sleep(0.2 * 2**attempt)
@@ -156,6 +174,11 @@ class OptunaSearch(RefinementSearch):
             # `budget` archs are ever claimed, however the workers interleave.
             verdict = self.claims.claim(arch.key(), trial.number, self.cfg.budget, self._failed)
             if verdict == BUDGET:
+                if self._claims_unfinished():
+                    # A claim may belong to a dead worker: its trial fails by the heartbeat (at the next trial's
+                    # start), its arch is enqueued again, and this worker measures it. Until then, poll.
+                    time.sleep(min(5.0, float(self.cfg.optuna.heartbeat_interval)))
+                    raise optuna.TrialPruned("the budget is claimed; waiting for the running trials")
                 self.study.stop()
                 raise optuna.TrialPruned("the budget is claimed")
             if verdict == TAKEN:
@@ -177,6 +200,11 @@ class OptunaSearch(RefinementSearch):
         """Which of the trial numbers `trials` failed (optuna fails a dead worker's trial by its heartbeat)."""
         failed = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
         return {t.number for t in failed} & set(trials)
+
+    def _claims_unfinished(self) -> bool:
+        """Whether some claimed arch's trial is still running (its worker measures it, or died doing so)."""
+        running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        return bool(self.claims.trials() & {t.number for t in running})
 
     def _stop_at_budget(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if len(self.measured_trials()) >= self.cfg.budget or self._repeats >= MAX_REPEATS:

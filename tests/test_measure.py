@@ -69,8 +69,9 @@ def test_interrupted_last_row_is_dropped_and_remeasured(tmp_path) -> None:
     ("content", "message"),
     [
         ("key,acc\na,1\n", "was written with other columns"),
-        ("key,accuracy,latency_ms\na,1\n", "corrupt at line 2"),
-        ("key,accuracy,latency_ms\na,1,2\na,3,4\n", "arch a appears twice"),
+        ("key,accuracy,latency_ms\na,1\n", r"row a \(line 2\), column latency_ms: 2 of 3 fields"),
+        ("key,accuracy,latency_ms\na,1,2\na,3,4\n", r"row a \(line 3\): the arch appears twice"),
+        ("key,accuracy,latency_ms\n,1,2\n", r"row \? \(line 2\) has no key"),
     ],
 )
 def test_corrupt_table_is_detected_not_overwritten(tmp_path, content, message) -> None:
