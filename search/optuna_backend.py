@@ -72,8 +72,9 @@ def open_storage(
                     grace_period=grace_period,
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
                 )
-        except ModuleNotFoundError as e:
-            raise ValueError(missing_driver_message(url, e.name or str(e))) from None
+        except ImportError as e:  # optuna wraps the driver's ModuleNotFoundError in a message naming no module
+            cause = e if e.name else e.__cause__ or e.__context__
+            raise ValueError(missing_driver_message(url, getattr(cause, "name", None) or str(e))) from None
         except Exception as e:  # SQLAlchemy raises many types (OperationalError, ArgumentError, ...) for one problem
             if attempt + 1 < attempts:
                 time.sleep(0.1 * 2**attempt)

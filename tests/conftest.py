@@ -73,3 +73,32 @@ def sandwich_module(space: SearchSpace, train: dict, seed: int):
     module.sampler = build_sampler("sandwich", module.space, num_random=2, seed=seed)
     module.log = lambda *a, **k: None
     return module
+
+
+# ---- databases for the shared search study -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL server for the session (tests/pgserver.py); skipped with a reason where Debian's
+    postgresql is not installed, except on CI (`NAS_REQUIRE_POSTGRES=1`), where that is a failure."""
+    import os
+
+    from tests.pgserver import HOW_TO_GET, REQUIRE_ENV, PostgresServer, server_bin
+
+    if server_bin() is None:
+        if os.environ.get(REQUIRE_ENV):
+            pytest.fail(f"{REQUIRE_ENV} is set but no PostgreSQL server is installed: {HOW_TO_GET}")
+        pytest.skip(f"no PostgreSQL server here: {HOW_TO_GET}")
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def study_url(request, tmp_path) -> str:
+    """An empty database for a shared study: a SQLite file, or a new database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'study.db'}"
+    server = request.getfixturevalue("postgres")
+    return server.create_database(f"study_{tmp_path.name.lower()}"[:60])

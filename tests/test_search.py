@@ -12,8 +12,6 @@ import csv
 import itertools
 import json
 import os
-import subprocess
-import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +30,7 @@ from predictors.measure_cli import prepare
 from search.algorithms import ALGORITHMS, CanonicalDuplicates, build_algorithm, reference_directions, run_algorithm
 from search.choose import choose, read_front
 from search.claims import BUDGET, MINE, TAKEN, Claims
-from search.cli import CONF_DIR, build_search
+from search.cli import CONF_DIR
 from search.config import HVConfig, OptunaConfig, PredictorConfig, SearchConfig
 from search.evaluators import SupernetEvaluator, TableEvaluator
 from search.front import HVReference, pareto_indices, select_batch
@@ -47,7 +45,6 @@ from supernet.gene_costs import canonical_genes_batch
 from supernet.model import Supernet
 from supernet.space import GLOBAL_GENES, SearchSpace
 from supernet.train_cli import train
-from tests.conftest import ROOT
 from tests.test_training import FAST, make_cfg
 
 # Cheap but real measurement settings (nas-measure's defaults time for seconds per arch).
@@ -800,9 +797,10 @@ def test_optuna_bad_input(bench, tmp_path) -> None:
         )
 
 
-def test_claims_are_atomic_unique_and_budgeted(tmp_path) -> None:
-    """search/claims.py on SQLite: an arch has one owner, claims stop at the budget, a failed trial's claim is freed."""
-    url = f"sqlite:///{tmp_path / 'claims.db'}"
+def test_claims_are_atomic_unique_and_budgeted(study_url) -> None:
+    """search/claims.py on SQLite and PostgreSQL: an arch has one owner, claims stop at the budget, a failed trial's
+    claim is freed."""
+    url = study_url
     a, b = Claims(url, "s"), Claims(url, "s")  # two workers' handles on one database
     none_failed = lambda trials: set()  # noqa: E731
     assert a.claim("x", 0, 2, none_failed) == MINE
@@ -813,55 +811,6 @@ def test_claims_are_atomic_unique_and_budgeted(tmp_path) -> None:
     assert b.claim("w", 3, 3, lambda trials: {1} & set(trials)) == MINE  # trial 1 died: "y" and its slot are freed
     assert a.claim("y", 4, 3, none_failed) == BUDGET and a.count() == 3
     assert Claims(url, "other").claim("x", 0, 1, none_failed) == MINE  # studies do not share claims
-
-
-def test_optuna_workers_share_one_study(bench, tmp_path) -> None:
-    """Three `nas-search` processes on one SQLite study: together they measure exactly the budget, each arch once."""
-    out, url, budget = tmp_path / "shared", f"sqlite:///{tmp_path / 'study.db'}", 10
-    args = [
-        f"out={out}",
-        "init_from=null",
-        "search.backend=optuna",
-        f"search.optuna.storage={url}",
-        f"search.budget={budget}",
-        "search.initial=7",
-    ]
-    # The study exists before the workers start, as when an earlier worker created it: two workers creating it at
-    # the same instant race (the schema: test_optuna_workers_can_create_the_storage_together; the first trials: see
-    # the report). Constructing a worker creates the study and enqueues the extremes; it measures nothing.
-    build_search(search_cfg(bench.run, *args))
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "search.cli", f"run={bench.run}", *MEASURE_OVERRIDES, *args],
-            cwd=ROOT,
-            env=ONE_THREAD_ENV,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(3)
-    ]
-    results = [p.communicate(timeout=400) for p in procs]
-    for p, (stdout, stderr) in zip(procs, results, strict=True):
-        assert p.returncode == 0, stderr[-3000:]
-        assert "nas-search: optuna study 'nas-search'" in stdout
-    study = optuna.load_study(study_name="nas-search", storage=url)
-    measured = [
-        t
-        for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-        if "row" in t.user_attrs and not t.user_attrs["repeat"]
-    ]
-    keys = [t.user_attrs["key"] for t in measured]
-    assert len(set(keys)) == len(keys), "an arch was measured twice"
-    # Together (not each) they measured the budget, exactly: claims are unique inserts with budget-numbered slots.
-    assert len(keys) == budget
-    assert sum(stdout.count("archs measured,") for stdout, _ in results) == len(keys)  # one line per measurement
-    # A third worker in this process continues: nothing left to measure, the outputs show the whole study.
-    build_search(search_cfg(bench.run, *args)).run()
-    after = [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)) if not t.user_attrs["repeat"]]
-    assert len(after) == len(measured)
-    _, rows = read_csv(out / TABLE_NAME)
-    assert sorted(r["key"] for r in rows) == sorted(keys)
 
 
 def test_optuna_workers_can_create_the_storage_together(tmp_path) -> None:

@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -194,6 +195,39 @@ def test_ddp_two_cpu_processes_stay_in_sync(tmp_path) -> None:
     meta = read_metadata(run)
     assert meta["info"]["global_step"] == 3
     load_supernet(run)
+
+
+@pytest.mark.slow
+def test_two_nodes_on_loopback_train_as_one(tmp_path) -> None:
+    """Multi-node DDP as torchrun launches it: two "nodes" (one process each, node ranks 0 and 1) rendezvous on
+    loopback, train the same archs every step (train.check_rank_sync) and write one run directory."""
+    run, port = tmp_path / "nodes", free_port()
+    args = [*FAST, "trainer.num_nodes=2", "trainer.devices=1", "trainer.strategy=ddp_find_unused_parameters_true",
+            "train.check_rank_sync=true", f"hydra.run.dir={run}"]  # fmt: skip
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+
+    def node(rank: int) -> subprocess.Popen:
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+                    f"--node-rank={rank}", "--master-addr=127.0.0.1", f"--master-port={port}"]  # fmt: skip
+        return subprocess.Popen([*torchrun, "-m", "supernet.train_cli", *args], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+    procs = [node(0), node(1)]
+    results = [p.communicate(timeout=600) for p in procs]
+    for p, (_, stderr) in zip(procs, results, strict=True):
+        assert p.returncode == 0, stderr[-3000:]
+    assert "DDP ranks sampled different archs" not in "".join(err for _, err in results)
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in results[1][1]  # one world of two processes, not two worlds of one
+    assert "nas-train: 3 steps" in results[0][0]  # global rank 0 reports and writes the artifact
+    meta = read_metadata(run)
+    assert meta["info"]["global_step"] == 3
+    load_supernet(run)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_custom_data_module_plugs_in_through_target(tmp_path) -> None:
