@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,7 @@ from predictors.measure import (
     latency,
     measure_arch,
 )
-from predictors.table import MeasurementTable
+from predictors.table import FIX, MeasurementTable
 from supernet import ModelConfig, build_supernet, extract_subnet
 from supernet.data import DigitsDataModule
 
@@ -80,6 +82,57 @@ def test_corrupt_table_is_detected_not_overwritten(tmp_path, content, message) -
     with pytest.raises(ValueError, match=message):
         MeasurementTable(path, COLUMNS)
     assert path.read_text() == content
+
+
+REAL_COLUMNS = ["key", "genes", "split", "iteration", "accuracy", "loss", "latency_ms", "latency_cv", "bytes",
+                "pred_accuracy", "std_accuracy", "mine"]  # fmt: skip
+GOOD_ROW = ["d2_x", "0 1 2", "fit", "3", "85.5", "0.4", "0.21", "0.01", "150872", "", "", "anything"]
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "why"),
+    [
+        ("latency_ms", "notanumber", "'notanumber' is not a number"),
+        ("latency_ms", "", "'' is not a number"),
+        ("latency_ms", "nan", "'nan' is not a finite number"),
+        ("bytes", "inf", "'inf' is not a finite number"),
+        ("accuracy", "-5", "-5 is outside \\[0, 100\\]"),
+        ("accuracy", "100.5", "100.5 is outside \\[0, 100\\]"),
+        ("latency_ms", "0", "0 must be > 0"),
+        ("bytes", "-1", "-1 must be > 0"),
+        ("loss", "-0.1", "-0.1 is negative"),
+        ("latency_cv", "-1e-3", "-1e-3 is negative"),
+        ("iteration", "1.5", "'1.5' is not a non-negative integer"),
+        ("split", "train", "'train' is not one of \\['fit', 'holdout'\\]"),
+        ("genes", "0 x 2", "'0 x 2' is not a list of integer genes"),
+        ("pred_accuracy", "zz", "'zz' is not a number"),
+        ("std_accuracy", "-2", "-2 is negative"),
+    ],
+)
+def test_damaged_value_is_refused_naming_file_row_and_column(tmp_path, column, value, why) -> None:
+    """Every value is checked at load (type, finite, range); the error names file, row key and column, and the file
+    is left as it is."""
+    path = tmp_path / "measurements.csv"
+    bad = list(GOOD_ROW)
+    bad[REAL_COLUMNS.index(column)] = value
+    bad[0] = "d3_y"
+    content = "\n".join(",".join(r) for r in (REAL_COLUMNS, GOOD_ROW, bad, ["d4_z", *GOOD_ROW[1:]])) + "\n"
+    path.write_text(content)
+    with pytest.raises(ValueError) as e:
+        MeasurementTable(path, REAL_COLUMNS)
+    message = str(e.value)
+    assert "\n" not in message
+    expected = rf"{re.escape(str(path))}: row d3_y \(line 3\), column {column}: {why}; " + re.escape(FIX)
+    assert re.fullmatch(expected, message), message
+    assert path.read_text() == content
+
+
+def test_valid_values_load_and_a_cut_last_row_is_still_dropped(tmp_path) -> None:
+    path = tmp_path / "measurements.csv"
+    content = "\n".join(",".join(r) for r in (REAL_COLUMNS, GOOD_ROW)) + "\nd3_y,0 1,fi"  # cut short mid-write
+    path.write_text(content)
+    table = MeasurementTable(path, REAL_COLUMNS)
+    assert table.dropped_partial_line and list(table.rows) == ["d2_x"]  # that arch is measured again
 
 
 def test_cuda_on_a_cpu_machine_is_a_clear_error() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -108,6 +109,27 @@ def test_bad_input_is_one_clear_error(trained, tmp_path) -> None:
         measure_run(measure_cfg(trained, "latency.repeats=0"))
     with pytest.raises(ValueError, match="bad latency config"):
         measure_run(measure_cfg(trained, "+latency.speed=1"))
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "why"),
+    [("latency_ms", "notanumber", "'notanumber' is not a number"), ("accuracy", "-5", r"-5 is outside \[0, 100\]")],
+)
+def test_damaged_table_is_refused_by_measure_and_fit(trained, tmp_path, column, value, why) -> None:
+    """nas-measure (resuming) and nas-fit refuse a damaged measurements.csv at load, naming file, row and column, and
+    leave it as it is."""
+    out = tmp_path / "m"
+    path = measure_run(measure_cfg(trained, "n_archs=8", f"out={out}", "holdout_fraction=0.5"))
+    lines = path.read_text().splitlines(keepends=True)
+    header, values = lines[0].rstrip("\n").split(","), lines[5].rstrip("\n").split(",")
+    values[header.index(column)] = value
+    lines[5] = ",".join(values) + "\n"
+    path.write_text("".join(lines))
+    expected = rf"{re.escape(str(path))}: row {re.escape(values[0])} \(line 6\), column {column}: {why}; fix or"
+    for stage in (measure_run, fit_run):
+        with pytest.raises(ValueError, match=expected):
+            stage(measure_cfg(trained, "n_archs=10", f"out={out}", "holdout_fraction=0.5", "fit.k_folds=2"))
+        assert path.read_text() == "".join(lines)
 
 
 def test_a_second_writer_is_refused(trained, tmp_path) -> None:

@@ -10,6 +10,7 @@ import itertools
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -173,12 +174,34 @@ PATTERNS = {name: m for name, (_, m) in BAD_INPUT.items()} | {
     "missing_run": r"no supernet artifact at",
     # A supernet trained on another space, pointed at an out= that holds a search of the first one.
     "other_space": r"holds a search with other settings \(space_fingerprint: was",
+    # Damaged caches: nas-measure's table to reuse, and the search's own evaluations to continue from.
+    "damaged_measurements": r"measurements\.csv: row \S+ \(line 4\), column latency_ms: 'notanumber' is not a number",
+    "damaged_evaluations": r"evaluations\.csv: row \S+ \(line 3\), column accuracy: -5 is outside \[0, 100\]",
 }
 # Run as real processes too (each costs seconds of imports; the second unreachable-database case only in process).
 CLI_CASES = [name for name in PATTERNS if name != "sqlite_dir"]
 
 
-def bad_input_args(name: str, run: Path, searched_out: Path, other: Path, tmp: Path) -> list[str]:
+def damaged_copy(folder: Path, table: str, line: int, column: str, value: str, dest: Path) -> Path:
+    """A copy of `folder` whose `table` holds `value` in `column` at 1-based `line`."""
+    if not dest.exists():
+        shutil.copytree(folder, dest, ignore=shutil.ignore_patterns(".*"))
+        lines = (dest / table).read_text().splitlines(keepends=True)
+        header = lines[0].rstrip("\n").split(",")
+        values = lines[line - 1].rstrip("\n").split(",")
+        values[header.index(column)] = value
+        lines[line - 1] = ",".join(values) + "\n"
+        (dest / table).write_text("".join(lines))
+    return dest / table
+
+
+def bad_input_args(name: str, run: Path, searched_out: Path, other: Path, tmp: Path, measured: Path) -> list[str]:
+    if name == "damaged_measurements":
+        table = damaged_copy(measured.parent, measured.name, 4, "latency_ms", "notanumber", tmp / "damaged_m")
+        return search_args(run, f"out={tmp / name}", f"init_from={table}")
+    if name == "damaged_evaluations":
+        damaged_copy(searched_out, TABLE_NAME, 3, "accuracy", "-5", tmp / name)
+        return search_args(run, f"out={tmp / name}", "init_from=null", "search.budget=10")
     if name == "missing_run":
         return search_args(tmp / "no_such_run", f"out={tmp / name}")
     if name == "other_space":
@@ -186,26 +209,34 @@ def bad_input_args(name: str, run: Path, searched_out: Path, other: Path, tmp: P
     return search_args(run, f"out={tmp / name}", "init_from=null", *BAD_INPUT[name][0])
 
 
-def test_bad_input_is_one_clear_value_error(run, searched, other_space_run, tmp_path) -> None:
+def test_bad_input_is_one_clear_value_error(run, searched, other_space_run, measured, tmp_path) -> None:
     before = {p.name: p.read_bytes() for p in searched["out"].iterdir() if p.is_file()}
     for name, pattern in PATTERNS.items():
-        args = bad_input_args(name, run, searched["out"], other_space_run, tmp_path)
+        args = bad_input_args(name, run, searched["out"], other_space_run, tmp_path, measured)
         with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
             config = compose(config_name="search", overrides=args)
         with pytest.raises(ValueError, match=pattern), contextlib.redirect_stdout(io.StringIO()):
             build_search(config).run()
-    # The refused search of another supernet left the existing search untouched.
+    # The refused search of another supernet left the existing search untouched, and a damaged cache is kept as is.
     assert {p.name: p.read_bytes() for p in searched["out"].iterdir() if p.is_file()} == before
+    damaged = (tmp_path / "damaged_evaluations" / TABLE_NAME).read_text().splitlines()
+    original = (searched["out"] / TABLE_NAME).read_text().splitlines()
+    assert damaged[:2] == original[:2] and damaged[3:] == original[3:] and ",-5," in damaged[2]
 
 
 @pytest.fixture(scope="module")
-def cli_results(run, searched, other_space_run, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+def cli_results(run, searched, other_space_run, measured, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     """The bad-input cases as real `python -m search.cli` processes, started together (most of their time is
     importing torch)."""
     tmp = tmp_path_factory.mktemp("cli")
     procs = {
         name: subprocess.Popen(
-            [sys.executable, "-m", "search.cli", *bad_input_args(name, run, searched["out"], other_space_run, tmp)],
+            [
+                sys.executable,
+                "-m",
+                "search.cli",
+                *bad_input_args(name, run, searched["out"], other_space_run, tmp, measured),
+            ],
             cwd=ROOT,
             env=ONE_THREAD_ENV,
             stdout=subprocess.PIPE,
