@@ -5,17 +5,21 @@
 A throwaway PostgreSQL server (tests/pgserver.py) holds one optuna study per configuration, each with the same
 `--archs` archs enqueued (largest, smallest, then a Latin-hypercube sample), measured by real
 `nas-search search.backend=optuna` worker processes with nas-search's default measurement (5,000 validation images:
-scoring accuracy takes most of a measurement). Configurations, run in this order so that the two single-worker
-runs straddle the first two-worker one:
+scoring accuracy takes most of a measurement). Configurations, in the order they run (the two single-worker runs
+straddle the first two-worker ones, so slow drifts of the machine hit both sides):
 
-  1 worker (a)           the reference
-  2 workers, locked      the device lock (supernet/device_lock.py): no latency is timed while the other measures
-  1 worker (b)           the same again: how much two runs of one worker disagree (re-measurement noise)
-  2 workers, unlocked    each worker its own lock folder, i.e. no lock: what workers did before
+  1 worker (a)                the reference
+  2 workers, locked           the device lock (supernet/device_lock.py): no latency is timed while the other measures
+  2 workers, unlocked         each worker its own lock folder, i.e. no lock: what workers did before
+  1 worker (b)                the same as (a) again: how much two runs of one worker disagree (re-measurement noise)
+  2 workers, ... all threads  the two 2-worker setups with every worker on all cores (what launching two workers
+                              with torch's defaults gives)
 
-Each worker gets cores / workers torch threads. Prints evaluations per minute (first trial start to last trial
-end, from the study) and, per configuration, how its latency labels differ from run (a): median and 90th
-percentile of |relative difference|, and Kendall's τ. Writes bench/results/search_workers.{json,txt}.
+Unless said otherwise each worker gets cores / workers torch threads. Prints evaluations per minute (first trial
+start to last trial end, from the study; speed-up against the mean of the 1-worker runs) and how each
+configuration's latency labels differ from the 1-worker runs': median and 90th percentile of |relative
+difference|, and Kendall's τ. (a) against (b) is the re-measurement noise. Writes
+bench/results/search_workers.{json,txt}.
 """
 
 from __future__ import annotations
@@ -42,8 +46,15 @@ from search.cli import CONF_DIR, build_search  # noqa: E402
 from supernet.device_lock import LOCK_DIR_ENV  # noqa: E402
 from tests.pgserver import PostgresServer  # noqa: E402
 
-CONFIGS = [("1 worker (a)", 1, True), ("2 workers, locked", 2, True), ("1 worker (b)", 1, True),
-           ("2 workers, unlocked", 2, False)]  # fmt: skip
+# (name, workers, device lock, torch threads per worker: None = cores / workers, 0 = all cores)
+CONFIGS = [
+    ("1 worker (a)", 1, True, None),
+    ("2 workers, locked", 2, True, None),
+    ("2 workers, unlocked", 2, False, None),
+    ("1 worker (b)", 1, True, None),
+    ("2 workers, locked, all threads", 2, True, 0),
+    ("2 workers, unlocked, all threads", 2, False, 0),
+]
 
 
 def worker_args(run: str, out: Path, url: str, study: str, budget: int) -> list[str]:
@@ -66,12 +77,15 @@ def prepare_study(args: list[str], n: int) -> list[str]:
     return [a.key() for a in archs]
 
 
-def run_config(run: str, url: str, name: str, workers: int, locked: bool, n: int, tmp: Path) -> dict:
+def run_config(
+    run: str, url: str, name: str, workers: int, locked: bool, threads: int | None, n: int, tmp: Path
+) -> dict:
     study_name = name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
     out = tmp / study_name
     args = worker_args(run, out, url, study_name, n)
     keys = prepare_study(args, n)
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // workers) if threads is None else threads or cores
     procs = []
     t0 = time.perf_counter()
     for w in range(workers):
@@ -138,24 +152,28 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="nas-workers-") as tmp, PostgresServer() as pg:
         url = pg.create_database("workers")
-        for name, workers, locked in CONFIGS:
-            r = run_config(args.run, url, name, workers, locked, args.archs, Path(tmp))
+        for name, workers, locked, threads in CONFIGS:
+            r = run_config(args.run, url, name, workers, locked, threads, args.archs, Path(tmp))
             results.append(r)
             print(f"{name}: {r['evals_per_min']:.1f} evaluations/min ({r['measuring_s']:.1f} s measuring, "
                   f"{r['wall_s']:.1f} s wall)", flush=True)  # fmt: skip
     split = split_of_a_measurement(args.run)
-    ref = results[0]
+    refs = [r for r in results if r["workers"] == 1]
+    base = float(np.mean([r["evals_per_min"] for r in refs]))
     lines = [f"search workers on one machine: {args.archs} archs of {args.run}, PostgreSQL study, "
-             f"{os.cpu_count()} cores", "",
-             f"{'configuration':<22} {'evals/min':>9} {'speed-up':>8} {'|Δlat| median':>13} {'p90':>6} "
-             f"{'max':>6} {'τ vs (a)':>8} {'same acc':>8}"]  # fmt: skip
+             f"{os.cpu_count()} cores", "latency labels against the 1-worker runs: |relative difference| median and "
+             "p90, Kendall τ (mean over the references other than itself)", "",
+             f"{'configuration':<34} {'threads':>7} {'evals/min':>9} {'speed-up':>8} {'|Δ| median':>10} {'p90':>6} "
+             f"{'τ':>6} {'same acc':>8}"]  # fmt: skip
     for r in results:
-        r["vs_reference"] = agreement(ref, r) if r is not ref else None
-        g = r["vs_reference"]
-        stats = (f"{g['median_abs_rel_diff']:>12.1%} {g['p90_abs_rel_diff']:>6.1%} {g['max_abs_rel_diff']:>6.1%} "
-                 f"{g['kendall_tau']:>8.3f} {g['same_accuracy']!s:>8}") if g else f"{'(reference)':>13}"  # fmt: skip
-        lines.append(f"{r['name']:<22} {r['evals_per_min']:>9.1f} {r['evals_per_min'] / ref['evals_per_min']:>7.2f}x "
-                     + stats)  # fmt: skip
+        others = [agreement(ref, r) for ref in refs if ref is not r]
+        r["vs_references"] = others
+        mean = {k: float(np.mean([o[k] for o in others])) for k in ("median_abs_rel_diff", "p90_abs_rel_diff",
+                                                                     "kendall_tau")}  # fmt: skip
+        same = all(o["same_accuracy"] for o in others)
+        lines.append(f"{r['name']:<34} {r['threads_per_worker']:>7} {r['evals_per_min']:>9.1f} "
+                     f"{r['evals_per_min'] / base:>7.2f}x {mean['median_abs_rel_diff']:>10.1%} "
+                     f"{mean['p90_abs_rel_diff']:>6.1%} {mean['kendall_tau']:>6.3f} {same!s:>8}")  # fmt: skip
     lines += [
         "",
         f"one measurement: {split['measurement_s_per_arch']:.2f} s per arch, of which scoring accuracy "
