@@ -2,7 +2,7 @@
 
     nas-search run=results/demo
     nas-search run=results/demo search.objectives=[accuracy,latency,bytes] search.algorithm=unsga3
-    nas-search run=results/demo search.backend=optuna search.optuna.storage=postgresql://u:pw@db/nas
+    nas-search run=results/demo search.backend=optuna search.optuna.storage=postgresql+psycopg2://u:pw@db/nas
 
 Real evaluations measure subnets of `<run>/supernet.safetensors` exactly like `nas-measure` (the task metric on the
 fixed validation subset, latency of the extracted module, analytic costs). Rows `nas-measure` already measured with
