@@ -13,7 +13,8 @@ straddle the first two-worker ones, so slow drifts of the machine hit both sides
   2 workers, unlocked         each worker its own lock folder, i.e. no lock: what workers did before
   1 worker (b)                the same as (a) again: how much two runs of one worker disagree (re-measurement noise)
   2 workers, ... all threads  the two 2-worker setups with every worker on all cores (what launching two workers
-                              with torch's defaults gives)
+                              with torch's defaults gave)
+  2 workers, locked, default  no OMP_NUM_THREADS: the workers split the cores themselves (search/machine_workers.py)
 
 Unless said otherwise each worker gets cores / workers torch threads. Prints evaluations per minute (first trial
 start to last trial end, from the study; speed-up against the mean of the 1-worker runs) and how each
@@ -46,7 +47,8 @@ from search.cli import CONF_DIR, build_search  # noqa: E402
 from supernet.device_lock import LOCK_DIR_ENV  # noqa: E402
 from tests.pgserver import PostgresServer  # noqa: E402
 
-# (name, workers, device lock, torch threads per worker: None = cores / workers, 0 = all cores)
+# (name, workers, device lock, torch threads per worker: None = cores / workers, 0 = all cores, "auto" = no
+# OMP_NUM_THREADS: the workers split the cores themselves, as nas-search does by default)
 CONFIGS = [
     ("1 worker (a)", 1, True, None),
     ("2 workers, locked", 2, True, None),
@@ -54,6 +56,7 @@ CONFIGS = [
     ("1 worker (b)", 1, True, None),
     ("2 workers, locked, all threads", 2, True, 0),
     ("2 workers, unlocked, all threads", 2, False, 0),
+    ("2 workers, locked, default", 2, True, "auto"),
 ]
 
 
@@ -78,19 +81,22 @@ def prepare_study(args: list[str], n: int) -> list[str]:
 
 
 def run_config(
-    run: str, url: str, name: str, workers: int, locked: bool, threads: int | None, n: int, tmp: Path
+    run: str, url: str, name: str, workers: int, locked: bool, threads: int | str | None, n: int, tmp: Path
 ) -> dict:
     study_name = name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
     out = tmp / study_name
     args = worker_args(run, out, url, study_name, n)
     keys = prepare_study(args, n)
     cores = os.cpu_count() or 1
-    threads = max(1, cores // workers) if threads is None else threads or cores
+    auto = threads == "auto"
+    threads = max(1, cores // workers) if threads is None else cores // workers if auto else threads or cores
     procs = []
     t0 = time.perf_counter()
     for w in range(workers):
         lock_dir = tmp / "locks" if locked else tmp / f"locks_{study_name}_{w}"
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), LOCK_DIR_ENV: str(lock_dir)}
+        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {LOCK_DIR_ENV: str(lock_dir)}
+        if not auto:
+            env["OMP_NUM_THREADS"] = str(threads)
         procs.append(subprocess.Popen([sys.executable, "-m", "search.cli", *args], cwd=ROOT, env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))  # fmt: skip
     for p in procs:

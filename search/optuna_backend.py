@@ -9,7 +9,7 @@ arch the sampler proposes again is answered from the study instead of being re-m
 continues the same study. Worker heartbeats let optuna fail the trial of a worker that died mid-measurement; its
 arch is enqueued again and measured by another worker, which waits for that rather than stopping at the budget.
 Latency is timed under the machine's device lock (supernet/device_lock.py), so workers sharing a machine never time
-while another measures.
+while another measures, and they split its cores for scoring accuracy (search/machine_workers.py).
 
 evaluations.csv and the other outputs are views of the study, rewritten from it when a worker finishes.
 """
@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -30,6 +31,7 @@ from predictors.table import MeasurementTable
 from search.claims import BUDGET, TAKEN, Claims
 from search.database import missing_driver_message, redact, resolve_url
 from search.loop import TABLE_NAME, RefinementSearch
+from search.machine_workers import MachineWorkers
 from search.report import write_outputs
 from supernet.arch import Arch
 from supernet.costs import arch_costs
@@ -94,6 +96,7 @@ class OptunaSearch(RefinementSearch):
         opt = self.cfg.optuna
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # nas-search prints its own line per trial
         self.url = opt.storage or f"sqlite:///{(self.out / 'optuna.db').resolve()}"
+        self._workers: MachineWorkers | None = None
         # Workers started together must not propose the same sequence: the process id joins the seed.
         sampler = make_sampler(opt.sampler, self.cfg.seed * 100_003 + os.getpid() % 100_003)
         self.study, created = self._open_study(sampler)
@@ -186,6 +189,7 @@ class OptunaSearch(RefinementSearch):
                 raise optuna.TrialPruned("another worker measures this arch")
         self._repeats = self._repeats + 1 if row is not None else 0
         if row is None:
+            self._share_cores()
             row = {**self.evaluator.evaluate(arch), **arch_costs(arch, self.model_config).to_dict()}
         violations = [float(c.violation(np.asarray(row[c.objective.column]))) for c in self.constraints]
         for name, value in (("arch", arch.to_dict()), ("row", row), ("repeat", self._repeats > 0)):
@@ -196,6 +200,13 @@ class OptunaSearch(RefinementSearch):
             self.log(f"nas-search: trial {trial.number}: {len(known) + 1}/{self.cfg.budget} archs measured, "
                      + ", ".join(f"{o.name}={row[o.column]:.4g}" for o in self.objectives))  # fmt: skip
         return [float(row[o.column]) for o in self.objectives]
+
+    def _share_cores(self) -> None:
+        """Score accuracy on this worker's share of the machine's cores (search/machine_workers.py)."""
+        n = self._workers.threads() if self._workers is not None else None
+        if n is not None and n != torch.get_num_threads():
+            torch.set_num_threads(n)
+            self.log(f"nas-search: {self._workers.count()} workers on this machine: {n} torch thread(s) each")
 
     def _failed(self, trials) -> set[int]:
         """Which of the trial numbers `trials` failed (optuna fails a dead worker's trial by its heartbeat)."""
@@ -216,8 +227,12 @@ class OptunaSearch(RefinementSearch):
         n = len(self.measured_trials())
         self.log(f"nas-search: optuna study {self.cfg.optuna.study_name!r} in {self.url}: {n} archs measured")
         if n < self.cfg.budget:
-            # optimize (not ask/tell) so that optuna records this worker's heartbeats and fails a dead worker's trial
-            self.study.optimize(self.objective, callbacks=[self._stop_at_budget])
+            threads = torch.get_num_threads()
+            with MachineWorkers() as self._workers:
+                # optimize (not ask/tell): optuna then records this worker's heartbeats and fails a dead worker's trial
+                self.study.optimize(self.objective, callbacks=[self._stop_at_budget])
+            self._workers = None
+            torch.set_num_threads(threads)
         self.sync_table()
         last = max((int(r["iteration"]) for r in self.table.rows.values()), default=0)
         self._record(last, {"backend": "optuna", "sampler": self.cfg.optuna.sampler, "storage": self.url})

@@ -1,6 +1,7 @@
 """Search workers sharing one optuna study for real: `nas-search` processes against SQLite and a throwaway PostgreSQL
 server (tests/pgserver.py), a worker killed with SIGKILL mid-measurement, and the device lock that keeps workers on
-one machine from timing latency while another measures."""
+one machine from timing latency while another measures, and the count of live workers that splits a machine's
+cores between them."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ import pytest
 import sqlalchemy as sa
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
+from search import machine_workers
 from search.claims import BUDGET, MINE, Claims
 from search.cli import build_search
 from search.database import resolve_url
 from search.loop import TABLE_NAME
+from search.machine_workers import MachineWorkers
 from search.optuna_backend import open_storage
 from supernet.device_lock import LOCK_DIR_ENV, measuring, timing
 from tests.conftest import ROOT
@@ -202,3 +205,29 @@ def test_timing_waits_for_measurements_and_has_priority(tmp_path, monkeypatch) -
         pass
     with measuring("cpu"), pytest.raises(RuntimeError, match="would wait for itself"), timing("cpu"):
         pass
+
+
+def test_workers_on_a_machine_split_its_cores(tmp_path, monkeypatch) -> None:
+    """Each live worker takes cores / workers torch threads; a killed worker stops counting; OMP_NUM_THREADS wins."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(machine_workers, "machine_cores", lambda: 4)
+    d = tmp_path / "workers"
+    code = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); from search.machine_workers import MachineWorkers; "
+            f"w = MachineWorkers({str(d)!r}).__enter__(); print('in', flush=True); time.sleep(120)")  # fmt: skip
+    with MachineWorkers(d) as a:
+        assert a.count() == 1 and a.threads() == 4
+        other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        try:
+            assert other.stdout.readline() == "in\n"
+            with MachineWorkers(d) as b:
+                assert a.count() == b.count() == 3 and a.threads() == 1
+            assert a.count() == 2 and a.threads() == 2
+        finally:
+            other.kill()  # SIGKILL: its file stays, its lock goes
+            other.wait()
+        assert len(list(d.glob("[!.]*"))) == 2
+        assert a.count() == 1 and a.threads() == 4
+        assert len(list(d.glob("[!.]*"))) == 1  # the dead worker's file was removed by the count
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert a.threads() is None  # the user's setting decides
+    assert not list(d.iterdir())
