@@ -8,6 +8,7 @@ Columns not named here (a user's own) are not checked.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 
 SPLITS = ("fit", "holdout")
@@ -53,12 +54,12 @@ def _optional_non_negative(value: str) -> None:
 
 
 def _count(value: str) -> None:
-    if not value.isdigit():
+    if not re.fullmatch(r"[0-9]+", value):
         raise ValueError(f"{value!r} is not a non-negative integer")
 
 
 def _genes(value: str) -> None:
-    if not value or not all(g.lstrip("-").isdigit() for g in value.split(" ")):
+    if not re.fullmatch(r"-?[0-9]+( -?[0-9]+)*", value):
         raise ValueError(f"{value!r} is not a list of integer genes")
 
 

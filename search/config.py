@@ -32,9 +32,10 @@ class OptunaConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"search.optuna.{name}={v!r} must be a positive integer (seconds)")
-        if self.grace_period <= self.heartbeat_interval:
-            raise ValueError(f"search.optuna.grace_period={self.grace_period} must exceed heartbeat_interval="
-                             f"{self.heartbeat_interval}, or live workers' trials would be failed")  # fmt: skip
+        if self.grace_period < 2 * self.heartbeat_interval:
+            raise ValueError(f"search.optuna.grace_period={self.grace_period} must be at least twice "
+                             f"heartbeat_interval={self.heartbeat_interval}, or a live worker whose heartbeat is late "
+                             "would count as dead")  # fmt: skip
 
 
 @dataclass
@@ -93,4 +94,8 @@ class SearchConfig:
         d.pop("budget")
         for name in ("heartbeat_interval", "grace_period"):  # how workers watch each other, not what is searched
             d["optuna"].pop(name)
+        if d["optuna"]["storage"]:  # recorded in search.json and the study: never with its password
+            from search.database import redact
+
+            d["optuna"]["storage"] = redact(d["optuna"]["storage"]).strip("'")
         return d

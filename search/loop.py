@@ -215,7 +215,7 @@ class RefinementSearch:
                 row.setdefault(c, v)
             for q in self.measured:
                 mean, std = predicted.get(q.name, (None, None))
-                row[f"pred_{q.column}"] = "" if mean is None else f"{mean[i]:.6g}"
+                row[f"pred_{q.column}"] = "" if mean is None or not np.isfinite(mean[i]) else f"{mean[i]:.6g}"
                 row[f"std_{q.column}"] = "" if std is None or np.isnan(std[i]) else f"{std[i]:.6g}"
             self.table.append(row)
         return time.perf_counter() - t0

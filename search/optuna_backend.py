@@ -76,7 +76,10 @@ def open_storage(
                 )
         except ImportError as e:  # optuna wraps the driver's ModuleNotFoundError in a message naming no module
             cause = e if e.name else e.__cause__ or e.__context__
-            raise ValueError(missing_driver_message(url, getattr(cause, "name", None) or str(e))) from None
+            if isinstance(cause, ModuleNotFoundError) and cause.name and "." not in cause.name:
+                raise ValueError(missing_driver_message(url, cause.name)) from None
+            reason = (str(cause or e).strip().splitlines() or ["ImportError"])[0][:200]
+            raise ValueError(f"cannot load the database driver of the optuna storage {redact(url)}: {reason}") from None
         except Exception as e:  # SQLAlchemy raises many types (OperationalError, ArgumentError, ...) for one problem
             if attempt + 1 < attempts:
                 time.sleep(0.1 * 2**attempt)
@@ -107,7 +110,7 @@ class OptunaSearch(RefinementSearch):
         self.claims = Claims(self.url, opt.study_name)
         self.claims.backfill({t.user_attrs["key"]: t.number for t in self.measured_trials()})
         saved = self.study.user_attrs.get("settings")
-        if saved is not None and saved != self.settings():
+        if saved is not None and _without_storage(saved) != _without_storage(self.settings()):
             raise ValueError(f"study {opt.study_name!r} in {self.url} was created with other settings (objectives, "
                              "space, supernet or measurement); use another study_name")  # fmt: skip
 
@@ -126,9 +129,11 @@ class OptunaSearch(RefinementSearch):
                     return study, True
                 except optuna.exceptions.DuplicatedStudyError:
                     return optuna.load_study(study_name=opt.study_name, storage=storage, sampler=sampler), False
-            except (SQLAlchemyError, KeyError):  # the creator's insert is not visible yet: look again
+            except (SQLAlchemyError, KeyError) as e:  # the creator's insert is not visible yet: look again
                 if attempt == 4:
-                    raise
+                    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                    raise ValueError(f"cannot create or load study {opt.study_name!r} in {redact(self.url)} "
+                                     f"({reason})") from None  # fmt: skip
                 time.sleep(0.2 * 2**attempt)
         raise AssertionError("unreachable")
 
@@ -174,6 +179,10 @@ class OptunaSearch(RefinementSearch):
         known = {t.user_attrs["key"]: t.user_attrs["row"] for t in self.measured_trials()}
         row = known.get(arch.key())
         if row is None:
+            # A heartbeat before the claim: a worker that dies holding a claim always has one, so its trial goes
+            # stale and is failed (optuna ignores running trials that never beat; its heartbeat thread starts with
+            # the trial, racing this code).
+            self.study._storage.record_heartbeat(trial._trial_id)
             # An atomic claim in the database (search/claims.py): no two workers measure one arch, and no more than
             # `budget` archs are ever claimed, however the workers interleave.
             verdict = self.claims.claim(arch.key(), trial.number, self.cfg.budget, self._failed)
@@ -219,23 +228,29 @@ class OptunaSearch(RefinementSearch):
         return bool(self.claims.trials() & {t.number for t in running})
 
     def _stop_at_budget(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if len(self.measured_trials()) >= self.cfg.budget or self._repeats >= MAX_REPEATS:
+        done = len(self.measured_trials()) >= self.cfg.budget
+        # Proposals keep repeating measured archs: stop, unless a dead worker's arch may still come back
+        dry = self._repeats >= MAX_REPEATS and not self._claims_unfinished()
+        if done or dry:
             study.stop()
 
     def run(self) -> dict[str, Any]:
         start, self._repeats = time.perf_counter(), 0
         n = len(self.measured_trials())
-        self.log(f"nas-search: optuna study {self.cfg.optuna.study_name!r} in {self.url}: {n} archs measured")
+        where = redact(self.url)
+        self.log(f"nas-search: optuna study {self.cfg.optuna.study_name!r} in {where}: {n} archs measured")
         if n < self.cfg.budget:
             threads = torch.get_num_threads()
-            with MachineWorkers() as self._workers:
-                # optimize (not ask/tell): optuna then records this worker's heartbeats and fails a dead worker's trial
-                self.study.optimize(self.objective, callbacks=[self._stop_at_budget])
-            self._workers = None
-            torch.set_num_threads(threads)
+            try:
+                with MachineWorkers() as self._workers:
+                    # optimize (not ask/tell): optuna records this worker's heartbeats and fails a dead worker's trial
+                    self.study.optimize(self.objective, callbacks=[self._stop_at_budget])
+            finally:
+                self._workers = None
+                torch.set_num_threads(threads)
         self.sync_table()
         last = max((int(r["iteration"]) for r in self.table.rows.values()), default=0)
-        self._record(last, {"backend": "optuna", "sampler": self.cfg.optuna.sampler, "storage": self.url})
+        self._record(last, {"backend": "optuna", "sampler": self.cfg.optuna.sampler, "storage": where.strip("'")})
         self.state["timing"] = {"last_run_seconds": time.perf_counter() - start}
         write_outputs(self)
         return self.state
@@ -255,3 +270,10 @@ class OptunaSearch(RefinementSearch):
                 table.append(row)
         os.replace(tmp, path)
         self.table = MeasurementTable(path, self.columns)
+
+
+def _without_storage(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings without the storage URL: workers may spell the same database differently (host names, driver)."""
+    search = {**settings.get("search", {})}
+    search["optuna"] = {k: v for k, v in search.get("optuna", {}).items() if k != "storage"}
+    return {**settings, "search": search}

@@ -8,7 +8,8 @@ it *shared*, so several processes score accuracy at once but never while one of 
 
 A gate in front of the lock gives timing priority: a process that wants to time takes the gate first, and no new
 shared holder passes the gate until it has timed, so timings do not starve behind a stream of overlapping
-evaluations. Both are `flock`s on files in `lock_dir()`: the OS releases them when a holder dies, even by kill -9.
+evaluations. Both are `flock`s on files in `lock_dir()` (a fixed folder of the machine, open to all its users): the OS
+releases them when a holder dies, even by kill -9.
 Within one process the lock is re-entrant (a timing inside a timing does not wait for itself).
 """
 
@@ -34,16 +35,46 @@ def _held() -> dict[str, str]:
     return _local.held
 
 
+def machine_dir(env: str, name: str) -> Path:
+    """$`env`, else /tmp/`name`: a fixed place every process of the machine shares (a per-job TMPDIR, as under
+    SLURM, would hide workers from each other), created writable for every user of the machine."""
+    d = Path(os.environ.get(env) or Path("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()) / name)
+    if not d.is_dir():
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            os.chmod(d, 0o777)  # other users' processes lock here too (not sticky: they may remove stale files)
+        except OSError as e:
+            raise ValueError(f"cannot create the folder {d} for machine-wide locks ({e.strerror}); set {env} to "
+                             "a writable folder on this machine") from None  # fmt: skip
+    return d
+
+
 def lock_dir() -> Path:
-    """Where the lock files live: $ELASTIC_NAS_LOCK_DIR, else a folder in the system's temporary directory (local to
-    the machine, which is what makes the lock per machine)."""
-    return Path(os.environ.get(LOCK_DIR_ENV) or Path(tempfile.gettempdir()) / "elastic-nas-locks")
+    """Where the lock files live: $ELASTIC_NAS_LOCK_DIR, else /tmp/elastic-nas-locks (local to the machine, which is
+    what makes the lock per machine)."""
+    return machine_dir(LOCK_DIR_ENV, "elastic-nas-locks")
+
+
+def open_lock_file(path: Path) -> int:
+    """A descriptor to flock `path` with, creating it readable and writable for every user; flock needs no write
+    access, so another user's file opens read-only."""
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        pass
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, 0o666)  # despite the umask
+        return fd
+    except OSError as e:
+        raise ValueError(f"cannot open the lock file {path} ({e.strerror}); set {LOCK_DIR_ENV} to a writable "
+                         "folder on this machine") from None  # fmt: skip
 
 
 def _files(device: str) -> tuple[Path, Path]:
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", device)
     d = lock_dir()
-    d.mkdir(parents=True, exist_ok=True)
     return d / f"{name}.gate", d / f"{name}.lock"
 
 
@@ -57,11 +88,11 @@ def hold(device: str, mode: str) -> Iterator[None]:
     if held == SHARED:
         raise RuntimeError(f"a timing on {device} inside a shared measurement would wait for itself")
     gate_path, lock_path = _files(device)
-    gate = os.open(gate_path, os.O_RDWR | os.O_CREAT, 0o666)
+    gate = open_lock_file(gate_path)
     lock = -1
     try:
         fcntl.flock(gate, fcntl.LOCK_EX)
-        lock = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        lock = open_lock_file(lock_path)
         fcntl.flock(lock, fcntl.LOCK_EX if mode == EXCLUSIVE else fcntl.LOCK_SH)
         if mode == SHARED:  # in: let the gate go at once; a timer keeps it until done, so no new shared holder enters
             os.close(gate)

@@ -66,9 +66,14 @@ class PostgresServer:
         return res
 
     def start(self) -> PostgresServer:
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
-        options = f"-h 127.0.0.1 -p {self.port} -k {self.sockets} -F -c max_connections=200"
-        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "server.log"), "-w", "start")
+        try:
+            self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+            options = f"-h 127.0.0.1 -p {self.port} -k {self.sockets} -F -c max_connections=200"
+            log = str(self.root / "server.log")
+            self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", log, "-w", "start")
+        except BaseException:
+            self.stop()  # no server or folder left behind
+            raise
         return self
 
     def stop(self) -> None:

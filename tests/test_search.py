@@ -243,6 +243,10 @@ def test_search_config_validation() -> None:
         SearchConfig.from_dict({"budget": 20, "speed": 1})
     with pytest.raises(ValueError, match=r"bad search\.optuna config"):
         SearchConfig.from_dict({"optuna": {"url": "x"}})
+    with pytest.raises(ValueError, match=r"grace_period=3 must be at least twice heartbeat_interval=2"):
+        SearchConfig.from_dict({"optuna": {"heartbeat_interval": 2, "grace_period": 3}})
+    with pytest.raises(ValueError, match=r"search.optuna.heartbeat_interval=0 must be a positive integer"):
+        SearchConfig.from_dict({"optuna": {"heartbeat_interval": 0}})
     cfg = SearchConfig.from_dict({"budget": 60, "predictor": {"candidates": ["ridge"]}, "hv": {"margin": 0.2}})
     assert cfg.predictor.candidates == ["ridge"] and cfg.hv.margin == 0.2
     assert "budget" not in cfg.resume_key() and cfg.resume_key()["hv"]["margin"] == 0.2

@@ -230,7 +230,12 @@ def test_two_nodes_on_loopback_train_as_one(tmp_path) -> None:
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
     procs = [node(0), node(1)]
-    results = [p.communicate(timeout=600) for p in procs]
+    try:
+        results = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:  # a rank that hangs must not outlive the test
+            if p.poll() is None:
+                p.kill()
     for p, (_, stderr) in zip(procs, results, strict=True):
         assert p.returncode == 0, stderr[-3000:]
     assert "DDP ranks sampled different archs" not in "".join(err for _, err in results)

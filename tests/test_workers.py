@@ -5,6 +5,7 @@ cores between them."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import optuna
 import pytest
 import sqlalchemy as sa
 from optuna.storages import RetryHeartbeatStaleTrialCallback
+from sqlalchemy.engine import make_url
 
 from search import machine_workers
 from search.claims import BUDGET, MINE, Claims
@@ -47,6 +49,17 @@ def start_worker(run: Path, args: list[str], env: dict[str, str]) -> subprocess.
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
+def finish(procs: list[subprocess.Popen], timeout: float) -> list[tuple[str, str]]:
+    """(stdout, stderr) of each process; all are killed if one outlives `timeout`."""
+    try:
+        return [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
 def measured_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     return [t for t in done if "row" in t.user_attrs and not t.user_attrs["repeat"]]
@@ -62,7 +75,7 @@ def test_two_workers_share_one_study(run, study_url, tmp_path) -> None:
     build_search(search_cfg(run, *args))
     env = {**ONE_THREAD_ENV, LOCK_DIR_ENV: str(tmp_path / "locks")}
     procs = [start_worker(run, args, env) for _ in range(2)]
-    results = [p.communicate(timeout=400) for p in procs]
+    results = finish(procs, timeout=400)
     for p, (stdout, stderr) in zip(procs, results, strict=True):
         assert p.returncode == 0, stderr[-3000:]
         assert "nas-search: optuna study 'nas-search'" in stdout
@@ -80,34 +93,33 @@ def test_two_workers_share_one_study(run, study_url, tmp_path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
-def test_a_worker_killed_mid_measurement_loses_nothing(run, postgres, tmp_path) -> None:
+def test_a_worker_killed_mid_measurement_loses_nothing(run, postgres, tmp_path, monkeypatch) -> None:
     """kill -9 of a worker while it measures: its trial is failed by the heartbeat, another worker measures that
     arch, and the study ends with every arch counted once."""
     url, out, budget = postgres.create_database("killed"), tmp_path / "out", 8
     args = worker_args(out, url, budget, "search.optuna.heartbeat_interval=1", "search.optuna.grace_period=3")
     build_search(search_cfg(run, *args))
     env = {**ONE_THREAD_ENV, LOCK_DIR_ENV: str(tmp_path / "locks")}
-    os.environ[LOCK_DIR_ENV] = env[LOCK_DIR_ENV]
+    monkeypatch.setenv(LOCK_DIR_ENV, env[LOCK_DIR_ENV])
     study = optuna.load_study(study_name="nas-search", storage=url)
     claims = Claims(url, "nas-search")
-    try:
-        # This process measures on the device (shared) meanwhile: the worker scores its arch, then waits to time it.
-        with measuring("cpu"):
-            victim = start_worker(run, args, env)
+    # This process measures on the device (shared) meanwhile: the worker scores its arch, then waits to time it.
+    with measuring("cpu"):
+        victim = start_worker(run, args, env)
+        try:
             deadline = time.monotonic() + 120
             while not claims.trials() and victim.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert victim.poll() is None, victim.communicate()[1][-3000:]
             (killed,) = claims.trials()
             time.sleep(1.0)  # well inside the measurement: it cannot time before this block ends
+        finally:
             victim.send_signal(signal.SIGKILL)
             victim.wait(timeout=30)
-    finally:
-        os.environ.pop(LOCK_DIR_ENV)
     trial = study.get_trials()[killed]
     assert trial.state == optuna.trial.TrialState.RUNNING and "row" not in trial.user_attrs
     survivor = start_worker(run, args, env)
-    _, stderr = survivor.communicate(timeout=300)
+    ((_, stderr),) = finish([survivor], timeout=300)
     assert survivor.returncode == 0, stderr[-3000:]
 
     trials = study.get_trials()
@@ -128,16 +140,23 @@ def test_claims_race_on_a_real_database(study_url) -> None:
     budget, barrier, verdicts = 5, threading.Barrier(8), {}
     none_failed = lambda trials: set()  # noqa: E731
 
+    errors: list[BaseException] = []
+
     def claim(i: int) -> None:
-        handle = Claims(study_url, "race")
-        barrier.wait()
-        verdicts[i] = handle.claim(f"arch{i % 6}", i, budget, none_failed)
+        try:
+            handle = Claims(study_url, "race")
+            barrier.wait()
+            verdicts[i] = handle.claim(f"arch{i % 6}", i, budget, none_failed)
+        except BaseException as e:
+            errors.append(e)
 
     threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert not errors, errors[0]
+    assert len(verdicts) == 8
     mine = sorted(i % 6 for i, v in verdicts.items() if v == MINE)
     assert len(mine) == budget and len(set(mine)) == budget
     assert all(v in (MINE, "taken", BUDGET) for v in verdicts.values())
@@ -154,7 +173,8 @@ def test_missing_driver_is_one_line_naming_the_package(monkeypatch) -> None:
         "the optuna storage 'postgresql+psycopg2://user@127.0.0.1:1/db' needs the database driver 'psycopg2': "
         'pip install "elastic-nas[postgres]" (it installs psycopg2-binary)'
     )
-    with pytest.raises(ValueError, match=r"needs the database driver 'psycopg': pip install \"psycopg\[binary\]\""):
+    default = make_url("postgresql://").get_dialect().driver  # SQLAlchemy 2.1: psycopg (3); 2.0: psycopg2
+    with pytest.raises(ValueError, match=rf"user:\*\*\*@.* needs the database driver '{default}': pip install"):
         open_storage("postgresql://user:secret@127.0.0.1:1/db")
 
 
@@ -195,7 +215,17 @@ def test_timing_waits_for_measurements_and_has_priority(tmp_path, monkeypatch) -
     timer = threading.Thread(target=time_it)
     timer.start()
     timer_waiting.wait()
-    time.sleep(0.1)  # the timer now holds the gate and waits for "a"
+    gate = os.open(tmp_path / "cpu.gate", os.O_RDONLY | os.O_CREAT)
+    try:  # wait until the timer holds the gate (and waits for "a")
+        while True:
+            try:
+                fcntl.flock(gate, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                break
+            fcntl.flock(gate, fcntl.LOCK_UN)
+            time.sleep(0.01)
+    finally:
+        os.close(gate)
     late = threading.Thread(target=measure, args=("b", 0.0))
     late.start()
     for t in (first, timer, late):
