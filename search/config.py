@@ -97,5 +97,5 @@ class SearchConfig:
         if d["optuna"]["storage"]:  # recorded in search.json and the study: never with its password
             from search.database import redact
 
-            d["optuna"]["storage"] = redact(d["optuna"]["storage"]).strip("'")
+            d["optuna"]["storage"] = redact(d["optuna"]["storage"])
         return d

@@ -39,12 +39,12 @@ def resolve_url(url: str) -> str:
 def missing_driver_message(url: str, module: str) -> str:
     """One line: the storage `url` needs DBAPI `module`, and how to install it."""
     package = PACKAGES.get(module, module)
-    return f"the optuna storage {redact(url)} needs the database driver {module!r}: pip install {package}"
+    return f"the optuna storage {redact(url)!r} needs the database driver {module!r}: pip install {package}"
 
 
 def redact(url: str) -> str:
-    """`url` quoted for messages, its password hidden."""
+    """`url` with its password hidden, for messages and records."""
     try:
-        return repr(make_url(url).render_as_string(hide_password=True))
+        return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
-        return repr(url)
+        return url

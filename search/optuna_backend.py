@@ -79,13 +79,15 @@ def open_storage(
             if isinstance(cause, ModuleNotFoundError) and cause.name and "." not in cause.name:
                 raise ValueError(missing_driver_message(url, cause.name)) from None
             reason = (str(cause or e).strip().splitlines() or ["ImportError"])[0][:200]
-            raise ValueError(f"cannot load the database driver of the optuna storage {redact(url)}: {reason}") from None
+            raise ValueError(
+                f"cannot load the database driver of the optuna storage {redact(url)!r}: {reason}"
+            ) from None
         except Exception as e:  # SQLAlchemy raises many types (OperationalError, ArgumentError, ...) for one problem
             if attempt + 1 < attempts:
                 time.sleep(0.1 * 2**attempt)
                 continue
             reason = str(e).strip().splitlines()[0][:200]
-            raise ValueError(f"cannot open the optuna storage {redact(url)} ({reason}); check the URL and that the "
+            raise ValueError(f"cannot open the optuna storage {redact(url)!r} ({reason}); check the URL and that the "
                              "database server is reachable, or leave search.optuna.storage unset for SQLite in the "
                              "run directory") from None  # fmt: skip
     raise AssertionError("unreachable")
@@ -132,7 +134,7 @@ class OptunaSearch(RefinementSearch):
             except (SQLAlchemyError, KeyError) as e:  # the creator's insert is not visible yet: look again
                 if attempt == 4:
                     reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-                    raise ValueError(f"cannot create or load study {opt.study_name!r} in {redact(self.url)} "
+                    raise ValueError(f"cannot create or load study {opt.study_name!r} in {redact(self.url)!r} "
                                      f"({reason})") from None  # fmt: skip
                 time.sleep(0.2 * 2**attempt)
         raise AssertionError("unreachable")
@@ -250,7 +252,7 @@ class OptunaSearch(RefinementSearch):
                 torch.set_num_threads(threads)
         self.sync_table()
         last = max((int(r["iteration"]) for r in self.table.rows.values()), default=0)
-        self._record(last, {"backend": "optuna", "sampler": self.cfg.optuna.sampler, "storage": where.strip("'")})
+        self._record(last, {"backend": "optuna", "sampler": self.cfg.optuna.sampler, "storage": where})
         self.state["timing"] = {"last_run_seconds": time.perf_counter() - start}
         write_outputs(self)
         return self.state

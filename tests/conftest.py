@@ -64,6 +64,18 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+def digits_net_and_batches(space: SearchSpace, val_subset_size: int) -> tuple[Supernet, list]:
+    """A seeded 8x8 ViT supernet on `space` (eval mode) and the digits validation subset as fixed batches."""
+    from predictors.measure import fixed_batches
+    from supernet.data import DigitsDataModule
+
+    torch.manual_seed(0)
+    net = build_supernet(space, ModelConfig(task="image", image_size=8, patch_size=2)).eval()
+    dm = DigitsDataModule(val_subset_size=val_subset_size)
+    dm.setup()
+    return net, fixed_batches(dm.val_subset_dataloader())
+
+
 def sandwich_module(space: SearchSpace, train: dict, seed: int):
     """A SupernetModule on `space` with a seeded 2-random sandwich sampler and logging switched off, for loss tests."""
     from supernet.sampling import build_sampler

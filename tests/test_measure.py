@@ -13,13 +13,12 @@ from predictors.measure import (
     candidate_archs,
     check_device,
     evaluate,
-    fixed_batches,
     latency,
     measure_arch,
 )
 from predictors.table import FIX, MeasurementTable
 from supernet import ModelConfig, build_supernet, extract_subnet
-from supernet.data import DigitsDataModule
+from tests.conftest import digits_net_and_batches
 
 COLUMNS = ["key", "accuracy", "latency_ms"]
 
@@ -145,12 +144,7 @@ def test_cuda_on_a_cpu_machine_is_a_clear_error() -> None:
 
 
 def test_measure_arch_on_real_digits(default_space) -> None:
-    config = ModelConfig(task="image", image_size=8, patch_size=2)
-    torch.manual_seed(0)
-    net = build_supernet(default_space, config).eval()
-    dm = DigitsDataModule(val_subset_size=100)
-    dm.setup()
-    batches = fixed_batches(dm.val_subset_dataloader())
+    net, batches = digits_net_and_batches(default_space, 100)
     arch = default_space.sample(np.random.default_rng(0))
     row = measure_arch(net, arch, batches, batches[0][0][:1], LatencyConfig(repeats=5, warmup=1))
     assert 0 <= row["accuracy"] <= 100 and row["latency_ms"] > 0 and row["latency_cv"] >= 0

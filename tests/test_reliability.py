@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from predictors.fit_cli import label_reliability
-from predictors.measure import evaluate, fixed_batches
+from predictors.measure import evaluate
 from predictors.reliability import per_sample_scores, split_half_tau
 from supernet import ModelConfig, build_supernet, extract_subnet
-from supernet.data import DigitsDataModule
+from tests.conftest import digits_net_and_batches
 
 
 def test_split_half_tau_separates_signal_from_noise() -> None:
@@ -26,12 +26,7 @@ def test_split_half_tau_separates_signal_from_noise() -> None:
 
 def test_measured_halves_are_the_metric_on_each_half(default_space) -> None:
     """accuracy is the mean of its two halves (even/odd positions) and per_sample_scores agrees with it."""
-    config = ModelConfig(task="image", image_size=8, patch_size=2)
-    torch.manual_seed(0)
-    net = build_supernet(default_space, config).eval()
-    dm = DigitsDataModule(val_subset_size=101)
-    dm.setup()
-    batches = fixed_batches(dm.val_subset_dataloader())
+    net, batches = digits_net_and_batches(default_space, 101)
     sub = extract_subnet(net, default_space.sample(np.random.default_rng(0)))
     m = evaluate(sub, batches, "image", halves=True)
     assert set(evaluate(sub, batches, "image")) == {"accuracy"}
