@@ -12,12 +12,19 @@ from typing import Any
 
 from supernet.configio import plain_dict
 
-TASKS = ("image", "lm")
+TASKS = ("image", "lm", "text")
+NORMS = ("layer", "rms")
+NORM_POSITIONS = ("pre", "post")
+ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
+POSITIONS = ("learned", "rope")
+POOLINGS = ("mean", "cls")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Fixed model settings. `task="image"` builds a ViT classifier, `task="lm"` a causal decoder LM."""
+    """Fixed model settings. `task="image"` builds a ViT classifier, `task="lm"` a causal decoder LM, `task="text"` a
+    bidirectional encoder classifying token sequences (BERT). The block options' defaults are this project's own
+    models; an imported Hugging Face model sets them to its family's math (supernet/hf/)."""
 
     task: str = "image"
     head_dim: int = 32
@@ -35,8 +42,36 @@ class ModelConfig:
     # one LayerNorm affine pair per weight bit-width in each block (Any-Precision's bit-specific norms); the
     # extracted subnet keeps only the pair of each layer's bit-width, so it costs nothing at deployment
     bit_norms: bool = False
+    # ---- block math (supernet/functional.py): one option per way the supported families differ ----
+    norm: str = "layer"  # "layer" (LayerNorm) or "rms" (RMSNorm, weight only: Llama)
+    norm_position: str = "pre"  # "pre": x + f(norm(x)); "post": norm(x + f(x)) (BERT)
+    activation: str = "gelu"  # FFN nonlinearity: "gelu" (erf), "gelu_tanh" (GPT-2), "silu", "relu"
+    gated_ffn: bool = False  # act(gate(x)) * up(x), then down (SwiGLU: Llama)
+    positions: str = "learned"  # "learned" table added to the embeddings, or "rope" on q and k (Llama)
+    rope_theta: float = 10000.0
+    kv_group: int = 1  # query heads per key/value head (grouped-query attention); heads are kept in whole groups
+    linear_bias: bool = True  # biases on the blocks' linear layers
+    # ---- stem and head ----
+    cls_token: bool = False  # image: a learned CLS token before the patches (ViT)
+    pooling: str = "mean"  # image/text: classify the mean of the tokens or the first (CLS) token
+    pooler: bool = False  # tanh(dense(pooled)) before the classifier (BERT)
+    embed_norm: bool = False  # a norm on the embeddings (BERT)
+    token_types: bool = False  # add token-type embedding 0 to every token (BERT, single-segment inputs)
+    final_norm: bool = True  # a norm before the head (off for post-norm encoders)
+    head_bias: bool = True
+    # ---- elastic depth ----
+    # Block indices from the most to the least important: depth d runs the first d of them, in model order. None runs
+    # the first d blocks (drop the last layers first); an imported model may rank its layers by importance instead.
+    layer_rank: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.layer_rank is not None:
+            try:
+                object.__setattr__(self, "layer_rank", tuple(int(i) for i in self.layer_rank))
+            except (TypeError, ValueError):
+                raise ValueError(f"model.layer_rank={self.layer_rank!r} must be a list of block indices") from None
+            if sorted(self.layer_rank) != list(range(len(self.layer_rank))):
+                raise ValueError(f"model.layer_rank={list(self.layer_rank)} must be a permutation of 0..n-1")
         if self.task not in TASKS:
             raise ValueError(f"model.task={self.task!r} is not one of {TASKS}")
         for name in ("head_dim", "image_size", "patch_size", "in_channels", "num_classes", "vocab_size", "block_size"):
@@ -53,6 +88,26 @@ class ModelConfig:
             raise ValueError(f"model.bit_norms={self.bit_norms!r} must be true or false")
         if not self.ln_eps > 0:
             raise ValueError(f"model.ln_eps={self.ln_eps!r} must be > 0")
+        for name, allowed in (("norm", NORMS), ("norm_position", NORM_POSITIONS), ("activation", ACTIVATIONS),
+                              ("positions", POSITIONS), ("pooling", POOLINGS)):  # fmt: skip
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"model.{name}={getattr(self, name)!r} is not one of {allowed}")
+        for name in ("gated_ffn", "linear_bias", "cls_token", "pooler", "embed_norm", "token_types", "final_norm",
+                     "head_bias"):  # fmt: skip
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"model.{name}={getattr(self, name)!r} must be true or false")
+        if not isinstance(self.kv_group, int) or isinstance(self.kv_group, bool) or self.kv_group < 1:
+            raise ValueError(f"model.kv_group={self.kv_group!r} must be a positive integer")
+        if not self.rope_theta > 0:
+            raise ValueError(f"model.rope_theta={self.rope_theta!r} must be > 0")
+        if self.positions == "rope" and self.head_dim % 2:
+            raise ValueError(f"model.positions='rope' needs an even head_dim, got {self.head_dim}")
+        if self.cls_token and self.task != "image":
+            raise ValueError("model.cls_token=true is for task 'image'; a text model's CLS is its first token id")
+        if self.task == "image" and self.positions != "learned":
+            raise ValueError("model.positions must be 'learned' for task 'image'")
+        if self.pooling == "cls" and self.task == "image" and not self.cls_token:
+            raise ValueError("model.pooling='cls' on images needs model.cls_token=true")
 
     @property
     def num_patches(self) -> int:
@@ -66,14 +121,28 @@ class ModelConfig:
     def causal(self) -> bool:
         return self.task == "lm"
 
+    @property
+    def num_outputs(self) -> int:
+        """Width of the head's output: classes, or the vocabulary for the LM."""
+        return self.vocab_size if self.task == "lm" else self.num_classes
+
     def tokens(self, seq_len: int | None = None) -> int:
-        """Sequence length the blocks see: the patch count, or `seq_len` (default block_size) for the LM."""
+        """Sequence length the blocks see: the patches (+ CLS), or `seq_len` (default block_size) of token ids."""
         if self.task == "image":
-            return self.num_patches
+            return self.num_patches + self.cls_token
         return self.block_size if seq_len is None else seq_len
 
+    def kept_layers(self, depth: int) -> list[int]:
+        """Block indices a subnet of `depth` layers runs, in model order."""
+        if self.layer_rank is None:
+            return list(range(depth))
+        return sorted(self.layer_rank[:depth])
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.layer_rank is not None:
+            d["layer_rank"] = list(self.layer_rank)  # plain lists: YAML and JSON
+        return d
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ModelConfig:

@@ -8,7 +8,9 @@ Conventions (cross-checked in tests against the extracted module and `torch.util
   the attention matmuls multiply two float activations and the stem/head are float, so they count 32 × 32.
 * Bytes: quantized weight matrices packed at their bit-width (`ceil(rows·cols·bits / 8)`) plus one float32 scale per
   output channel; everything else (biases, layer norms, embeddings, head, 32-bit weights) 4 bytes per value.
-* The LM's costs are for a sequence of `seq_len` tokens (default `block_size`); the ViT's for one image.
+* Token models' costs are for a sequence of `seq_len` tokens (default `block_size`); the ViT's for one image.
+* Block options (supernet/config.py) change the counts: grouped-query attention has one key/value head per group,
+  a gated FFN a second hidden projection, RMSNorm no bias, a CLS token one more token, BERT a pooler.
 """
 
 from __future__ import annotations
@@ -65,41 +67,62 @@ def _vector(n: int) -> Costs:
     return Costs(n, 0, 0, 4 * n)
 
 
+def _norm(e: int, config: ModelConfig) -> Costs:
+    """A norm's affine parameters: weight and bias (LayerNorm) or weight only (RMSNorm)."""
+    return _vector((1 if config.norm == "rms" else 2) * e)
+
+
 def layer_costs(arch: Arch, i: int, config: ModelConfig, tokens: int) -> Costs:
     """Costs of active block `i` of `arch` at sequence length `tokens`."""
-    e, D = arch.embed_dim, config.head_dim
+    e, D, bias = arch.embed_dim, config.head_dim, config.linear_bias
     h, hidden, wb, ab = arch.num_heads[i], arch.ffn_hidden(i), arch.w_bits[i], arch.a_bits
     inner = h * D
+    kv = 2 * (h // config.kv_group) * D  # key and value projections: one head per group (grouped-query attention)
     attn_macs = 2 * tokens * tokens * inner  # q·kᵀ and attn·v, float × float
+    fc1_out = (2 if config.gated_ffn else 1) * hidden  # gate and up projections of a gated FFN
     return (
-        _vector(2 * e)  # ln1
-        + linear_costs(tokens, e, 3 * inner, wb, ab)
+        _norm(e, config)  # ln1
+        + linear_costs(tokens, e, inner + kv, wb, ab, bias)
         + Costs(0, attn_macs, attn_macs * FLOAT_BITS * FLOAT_BITS, 0)
-        + linear_costs(tokens, inner, e, wb, ab)
-        + _vector(2 * e)  # ln2
-        + linear_costs(tokens, e, hidden, wb, ab)
-        + linear_costs(tokens, hidden, e, wb, ab)
+        + linear_costs(tokens, inner, e, wb, ab, bias)
+        + _norm(e, config)  # ln2
+        + linear_costs(tokens, e, fc1_out, wb, ab, bias)
+        + linear_costs(tokens, hidden, e, wb, ab, bias)
     )
 
 
 def stem_costs(arch: Arch, config: ModelConfig, tokens: int) -> Costs:
-    """Patch projection + position embedding (image) or token table + position embedding (LM)."""
+    """Patch projection + positions (+ CLS) (image), or token table + positions + type row + norm (text)."""
     e = arch.embed_dim
     if config.task == "image":
-        return linear_costs(tokens, config.patch_dim, e, FLOAT_BITS, FLOAT_BITS) + _vector(config.num_patches * e)
-    return _vector(config.vocab_size * e + config.block_size * e)
+        cls = _vector(e) if config.cls_token else ZERO
+        pos = _vector((config.num_patches + config.cls_token) * e)
+        return linear_costs(config.num_patches, config.patch_dim, e, FLOAT_BITS, FLOAT_BITS) + pos + cls
+    total = _vector(config.vocab_size * e)
+    if config.positions == "learned":
+        total = total + _vector(config.block_size * e)
+    if config.token_types:
+        total = total + _vector(e)
+    if config.embed_norm:
+        total = total + _norm(e, config)
+    return total
 
 
 def head_costs(arch: Arch, config: ModelConfig, tokens: int) -> Costs:
-    """Final layer norm + classifier on the pooled vector (image) or LM head on every token."""
+    """Final norm + pooler + classifier on the pooled vector (image, text), or LM head on every token."""
     e = arch.embed_dim
-    out, rows = (config.num_classes, 1) if config.task == "image" else (config.vocab_size, tokens)
-    return _vector(2 * e) + linear_costs(rows, e, out, FLOAT_BITS, FLOAT_BITS)
+    rows = tokens if config.task == "lm" else 1
+    total = linear_costs(rows, e, config.num_outputs, FLOAT_BITS, FLOAT_BITS, config.head_bias)
+    if config.final_norm:
+        total = total + _norm(e, config)
+    if config.pooler:
+        total = total + linear_costs(rows, e, e, FLOAT_BITS, FLOAT_BITS)
+    return total
 
 
 def arch_costs(arch: Arch, config: ModelConfig, seq_len: int | None = None) -> Costs:
     """Total costs of `arch` for one sample (one image, or one sequence of `seq_len` tokens for the LM)."""
-    if seq_len is not None and config.task == "lm" and not 1 <= seq_len <= config.block_size:
+    if seq_len is not None and config.task != "image" and not 1 <= seq_len <= config.block_size:
         raise ValueError(f"seq_len={seq_len} must be in [1, block_size={config.block_size}]")
     tokens = config.tokens(seq_len)
     total = stem_costs(arch, config, tokens) + head_costs(arch, config, tokens)

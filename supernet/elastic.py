@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from supernet import functional as fn
+from supernet.config import ModelConfig
 from supernet.quant import quantize_weight
-from supernet.slicing import slice_columns, slice_linear, slice_qkv, slice_vector
+from supernet.slicing import slice_columns, slice_gated, slice_linear, slice_qkv, slice_vector
 
 
 def _init_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -45,67 +46,81 @@ class ElasticLinear(nn.Module):
 
 
 class ElasticLayerNorm(nn.Module):
-    """LayerNorm over the first `dim` channels, with the matching slice of its affine parameters.
+    """LayerNorm (or, with `bias=False` and `kind="rms"`, RMSNorm) over the first `dim` channels, with the matching
+    slice of its affine parameters.
 
     With `variants` > 1 it holds one affine pair per variant (rows of `(variants, dim_max)` tables) and a subnet picks
     one: the bit-width-specific norms of Any-Precision DNNs, so a 1-bit layer can rescale its inputs independently of
     the same layer at 8 or 32 bits.
     """
 
-    def __init__(self, dim_max: int, eps: float = 1e-5, variants: int = 1) -> None:
+    def __init__(self, dim_max: int, eps: float = 1e-5, variants: int = 1, kind: str = "layer") -> None:
         super().__init__()
         shape = (dim_max,) if variants == 1 else (variants, dim_max)
         self.weight = nn.Parameter(torch.ones(shape))
-        self.bias = nn.Parameter(torch.zeros(shape))
-        self.eps = eps
+        self.bias = nn.Parameter(torch.zeros(shape)) if kind == "layer" else None
+        self.eps, self.kind = eps, kind
 
-    def materialize(self, dim: int, variant: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.weight.dim() == 1:
-            return slice_vector(self.weight, dim), slice_vector(self.bias, dim)
-        return slice_vector(self.weight[variant], dim), slice_vector(self.bias[variant], dim)
+    def materialize(self, dim: int, variant: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        w, b = self.weight, self.bias
+        if w.dim() == 2:
+            w, b = w[variant], None if b is None else b[variant]
+        return slice_vector(w, dim), None if b is None else slice_vector(b, dim)
 
     def forward(self, x: torch.Tensor, variant: int = 0) -> torch.Tensor:
-        return fn.layer_norm(x, *self.materialize(x.shape[-1], variant), self.eps)
+        return fn.norm(x, *self.materialize(x.shape[-1], variant), self.kind, self.eps)
 
 
 class ElasticAttention(nn.Module):
-    """Multi-head self-attention with elastic heads (fixed head_dim) and elastic embedding width."""
+    """Multi-head self-attention with elastic heads (fixed head_dim, whole key/value groups) and embedding width."""
 
-    def __init__(self, embed_max: int, heads_max: int, head_dim: int) -> None:
+    def __init__(self, embed_max: int, heads_max: int, head_dim: int, kv_group: int = 1, bias: bool = True) -> None:
         super().__init__()
-        self.head_dim = head_dim
-        self.qkv = ElasticLinear(embed_max, 3 * heads_max * head_dim)
-        self.proj = ElasticLinear(heads_max * head_dim, embed_max)
+        if heads_max % kv_group:
+            raise ValueError(f"{heads_max} heads do not split into key/value groups of {kv_group}")
+        self.head_dim, self.kv_group = head_dim, kv_group
+        self.qkv = ElasticLinear(embed_max, (heads_max + 2 * heads_max // kv_group) * head_dim, bias)
+        self.proj = ElasticLinear(heads_max * head_dim, embed_max, bias)
 
-    def materialize(self, embed_dim: int, heads: int, w_bits: int) -> tuple[torch.Tensor, ...]:
+    def materialize(self, embed_dim: int, heads: int, w_bits: int) -> tuple[torch.Tensor | None, ...]:
         """(qkv_w, qkv_b, proj_w, proj_b) for `heads` heads reading/writing `embed_dim` channels."""
-        qkv_w, qkv_b = slice_qkv(self.qkv.weight, self.qkv.bias, heads, self.head_dim, embed_dim)
+        qkv_w, qkv_b = slice_qkv(self.qkv.weight, self.qkv.bias, heads, self.head_dim, embed_dim, self.kv_group)
         proj_w, proj_b = self.proj.materialize(heads * self.head_dim, embed_dim, w_bits)
         return quantize_weight(qkv_w, w_bits), qkv_b, proj_w, proj_b
 
     def forward(self, x: torch.Tensor, heads: int, w_bits: int, a_bits: int, causal: bool) -> torch.Tensor:
         w = self.materialize(x.shape[-1], heads, w_bits)
-        return fn.attention(x, *w, heads, self.head_dim, a_bits, causal)
+        return fn.attention(x, *w, heads, self.head_dim, a_bits, causal, self.kv_group)
 
 
 class ElasticFFN(nn.Module):
-    """GELU MLP whose hidden width is front-sliced (nested, as in MatFormer)."""
+    """MLP (or gated MLP) whose hidden width is front-sliced (nested, as in MatFormer)."""
 
-    def __init__(self, embed_max: int, hidden_max: int) -> None:
+    def __init__(
+        self, embed_max: int, hidden_max: int, bias: bool = True, gated: bool = False, activation: str = "gelu"
+    ) -> None:
         super().__init__()
-        self.fc1 = ElasticLinear(embed_max, hidden_max)
-        self.fc2 = ElasticLinear(hidden_max, embed_max)
+        self.gated, self.activation = gated, activation
+        self.fc1 = ElasticLinear(embed_max, (2 if gated else 1) * hidden_max, bias)
+        self.fc2 = ElasticLinear(hidden_max, embed_max, bias)
 
-    def materialize(self, embed_dim: int, hidden: int, w_bits: int) -> tuple[torch.Tensor, ...]:
+    def materialize(self, embed_dim: int, hidden: int, w_bits: int) -> tuple[torch.Tensor | None, ...]:
         """(fc1_w, fc1_b, fc2_w, fc2_b) for `hidden` units reading/writing `embed_dim` channels."""
-        return (*self.fc1.materialize(embed_dim, hidden, w_bits), *self.fc2.materialize(hidden, embed_dim, w_bits))
+        if self.gated:
+            fc1_w, fc1_b = slice_gated(self.fc1.weight, self.fc1.bias, hidden, embed_dim)
+            fc1 = (quantize_weight(fc1_w, w_bits), fc1_b)
+        else:
+            fc1 = self.fc1.materialize(embed_dim, hidden, w_bits)
+        return (*fc1, *self.fc2.materialize(hidden, embed_dim, w_bits))
 
     def forward(self, x: torch.Tensor, hidden: int, w_bits: int, a_bits: int) -> torch.Tensor:
-        return fn.ffn(x, *self.materialize(x.shape[-1], hidden, w_bits), a_bits)
+        w = self.materialize(x.shape[-1], hidden, w_bits)
+        return fn.ffn(x, *w, a_bits, self.activation, self.gated)
 
 
 class ElasticBlock(nn.Module):
-    """Pre-norm transformer block made of the elastic layers above."""
+    """Transformer block made of the elastic layers above, with the block options of `config` (default: this
+    project's own pre-norm LayerNorm/GELU block at `head_dim` and `eps`)."""
 
     def __init__(
         self,
@@ -115,17 +130,20 @@ class ElasticBlock(nn.Module):
         hidden_max: int,
         eps: float,
         norm_bits: tuple[int, ...] | None = None,
+        config: ModelConfig | None = None,
     ) -> None:
         super().__init__()
+        c = config or ModelConfig(head_dim=head_dim, ln_eps=eps)
+        self.config = c
         self.head_dim = head_dim
         self.eps = eps
         # With `norm_bits` (the space's w_bits choices) each weight bit-width has its own ln1/ln2 affine parameters.
         self.norm_bits = tuple(norm_bits) if norm_bits else None
         variants = len(self.norm_bits) if self.norm_bits else 1
-        self.ln1 = ElasticLayerNorm(embed_max, eps, variants)
-        self.attn = ElasticAttention(embed_max, heads_max, head_dim)
-        self.ln2 = ElasticLayerNorm(embed_max, eps, variants)
-        self.ffn = ElasticFFN(embed_max, hidden_max)
+        self.ln1 = ElasticLayerNorm(embed_max, eps, variants, c.norm)
+        self.attn = ElasticAttention(embed_max, heads_max, head_dim, c.kv_group, c.linear_bias)
+        self.ln2 = ElasticLayerNorm(embed_max, eps, variants, c.norm)
+        self.ffn = ElasticFFN(embed_max, hidden_max, c.linear_bias, c.gated_ffn, c.activation)
 
     def norm_variant(self, w_bits: int) -> int:
         """Row of the norm tables used at `w_bits` (0 without bit-specific norms)."""
@@ -151,47 +169,63 @@ class ElasticBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, heads: int, hidden: int, w_bits: int, a_bits: int, causal: bool) -> torch.Tensor:
         w = self.materialize(x.shape[-1], heads, hidden, w_bits)
-        return fn.block(x, w, self.head_dim, a_bits, causal, self.eps)
+        return fn.block(x, w, self.config, a_bits, causal)
 
 
 class ElasticPatchEmbed(nn.Module):
-    """Linear patch projection to at most `embed_max` channels plus a learned position embedding."""
+    """Linear patch projection to at most `embed_max` channels, a learned position embedding and an optional CLS."""
 
-    def __init__(self, patch_dim: int, num_patches: int, embed_max: int) -> None:
+    def __init__(self, patch_dim: int, num_patches: int, embed_max: int, cls_token: bool = False) -> None:
         super().__init__()
         self.proj = ElasticLinear(patch_dim, embed_max)
-        self.pos = nn.Parameter(torch.zeros(num_patches, embed_max))
+        self.pos = nn.Parameter(torch.zeros(num_patches + cls_token, embed_max))
         nn.init.trunc_normal_(self.pos, std=0.02)
+        self.cls = nn.Parameter(torch.zeros(embed_max)) if cls_token else None
         # Patch projection fan-in is C*p*p, not embed: scale its init like a conv stem would be.
         nn.init.trunc_normal_(self.proj.weight, std=1.0 / math.sqrt(patch_dim))
 
     def materialize(self, embed_dim: int) -> fn.PatchEmbedWeights:
         w, b = slice_linear(self.proj.weight, self.proj.bias, embed_dim, self.proj.weight.shape[1])
-        return fn.PatchEmbedWeights(w, b, slice_columns(self.pos, embed_dim))
+        cls = None if self.cls is None else slice_vector(self.cls, embed_dim)
+        return fn.PatchEmbedWeights(w, b, slice_columns(self.pos, embed_dim), cls)
 
 
 class ElasticTokenEmbed(nn.Module):
-    """Token table and learned position embedding, both front-sliced in the channel dim."""
+    """Token table, learned positions (unless RoPE), token-type row and embedding norm, all front-sliced in the
+    channel dim."""
 
-    def __init__(self, vocab_size: int, block_size: int, embed_max: int) -> None:
+    def __init__(self, vocab_size: int, block_size: int, embed_max: int, config: ModelConfig | None = None) -> None:
         super().__init__()
+        c = config or ModelConfig(task="lm")
         self.table = nn.Parameter(torch.empty(vocab_size, embed_max))
-        self.pos = nn.Parameter(torch.empty(block_size, embed_max))
         nn.init.normal_(self.table, std=0.02)
-        nn.init.normal_(self.pos, std=0.02)
+        self.pos = None
+        if c.positions == "learned":
+            self.pos = nn.Parameter(torch.empty(block_size, embed_max))
+            nn.init.normal_(self.pos, std=0.02)
+        self.type_row = nn.Parameter(torch.zeros(embed_max)) if c.token_types else None
+        self.norm = ElasticLayerNorm(embed_max, c.ln_eps, kind=c.norm) if c.embed_norm else None
 
     def materialize(self, embed_dim: int) -> fn.TokenEmbedWeights:
-        return fn.TokenEmbedWeights(slice_columns(self.table, embed_dim), slice_columns(self.pos, embed_dim))
+        pos = None if self.pos is None else slice_columns(self.pos, embed_dim)
+        type_row = None if self.type_row is None else slice_vector(self.type_row, embed_dim)
+        norm = (None, None) if self.norm is None else self.norm.materialize(embed_dim)
+        return fn.TokenEmbedWeights(slice_columns(self.table, embed_dim), pos, type_row, *norm)
 
 
 class ElasticHead(nn.Module):
-    """Final layer norm plus output projection reading the first `embed_dim` channels (kept float)."""
+    """Final norm, optional pooler and output projection reading the first `embed_dim` channels (kept float)."""
 
-    def __init__(self, embed_max: int, out_features: int, eps: float) -> None:
+    def __init__(self, embed_max: int, out_features: int, eps: float, config: ModelConfig | None = None) -> None:
         super().__init__()
-        self.norm = ElasticLayerNorm(embed_max, eps)
-        self.fc = ElasticLinear(embed_max, out_features)
+        c = config or ModelConfig(ln_eps=eps)
+        self.norm = ElasticLayerNorm(embed_max, eps, kind=c.norm) if c.final_norm else None
+        # The pooler's output width follows the embedding width, so a subnet's pooler is (e, e).
+        self.pool = ElasticLinear(embed_max, embed_max) if c.pooler else None
+        self.fc = ElasticLinear(embed_max, out_features, c.head_bias)
 
     def materialize(self, embed_dim: int) -> fn.HeadWeights:
         fc_w, fc_b = slice_linear(self.fc.weight, self.fc.bias, self.fc.weight.shape[0], embed_dim)
-        return fn.HeadWeights(*self.norm.materialize(embed_dim), fc_w, fc_b)
+        norm = (None, None) if self.norm is None else self.norm.materialize(embed_dim)
+        pool = (None, None) if self.pool is None else slice_linear(self.pool.weight, self.pool.bias, embed_dim, embed_dim)
+        return fn.HeadWeights(*norm, fc_w, fc_b, *pool)

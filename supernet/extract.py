@@ -15,6 +15,10 @@ from supernet.static import StaticSubnet, build_subnet
 def _assign(dst: NamedTuple, src: NamedTuple) -> None:
     """Copy each tensor of `src` into the same-named parameter of `dst`, refusing any shape mismatch."""
     for name, d, s in zip(dst._fields, dst, src, strict=True):
+        if d is None or s is None:
+            if d is not s:
+                raise RuntimeError(f"{name}: present in only one of the standalone module and the supernet")
+            continue
         if d.shape != s.shape:
             raise RuntimeError(f"{name}: standalone shape {tuple(d.shape)} != supernet slice {tuple(s.shape)}")
         d.copy_(s)

@@ -13,53 +13,77 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from supernet.config import ModelConfig
 from supernet.quant import quantize_activations
 
 
 class BlockWeights(NamedTuple):
-    """Tensors of one pre-norm transformer block at their active sizes (h heads, F hidden, E embed)."""
+    """Tensors of one transformer block at their active sizes (h query heads, g = h / kv_group key/value heads, F
+    hidden, E embed). Biases are None where the family has none (RMSNorm, Llama's linears)."""
 
     ln1_w: torch.Tensor  # (E,)
-    ln1_b: torch.Tensor  # (E,)
-    qkv_w: torch.Tensor  # (3*h*D, E), rows [q | k | v]
-    qkv_b: torch.Tensor  # (3*h*D,)
+    ln1_b: torch.Tensor | None  # (E,)
+    qkv_w: torch.Tensor  # ((h + 2g)*D, E), rows [q (h*D) | k (g*D) | v (g*D)]
+    qkv_b: torch.Tensor | None
     proj_w: torch.Tensor  # (E, h*D)
-    proj_b: torch.Tensor  # (E,)
+    proj_b: torch.Tensor | None  # (E,)
     ln2_w: torch.Tensor  # (E,)
-    ln2_b: torch.Tensor  # (E,)
-    fc1_w: torch.Tensor  # (F, E)
-    fc1_b: torch.Tensor  # (F,)
+    ln2_b: torch.Tensor | None  # (E,)
+    fc1_w: torch.Tensor  # (F, E), or (2F, E) rows [gate | up] with a gated FFN
+    fc1_b: torch.Tensor | None
     fc2_w: torch.Tensor  # (E, F)
-    fc2_b: torch.Tensor  # (E,)
+    fc2_b: torch.Tensor | None  # (E,)
 
 
 class PatchEmbedWeights(NamedTuple):
-    """Patch projection and learned position embedding of the image model."""
+    """Patch projection, learned position embedding and (ViT) CLS token of the image model."""
 
     proj_w: torch.Tensor  # (E, C*p*p)
     proj_b: torch.Tensor  # (E,)
-    pos: torch.Tensor  # (N, E)
+    pos: torch.Tensor  # (N or N+1, E)
+    cls: torch.Tensor | None = None  # (E,)
 
 
 class TokenEmbedWeights(NamedTuple):
-    """Token table and learned position embedding of the language model."""
+    """Token table, learned positions (None with RoPE), token-type row and embedding norm (BERT) of a text model."""
 
     table: torch.Tensor  # (V, E)
-    pos: torch.Tensor  # (block_size, E)
+    pos: torch.Tensor | None  # (block_size, E)
+    type_row: torch.Tensor | None = None  # (E,)
+    norm_w: torch.Tensor | None = None  # (E,)
+    norm_b: torch.Tensor | None = None  # (E,)
 
 
 class HeadWeights(NamedTuple):
-    """Final layer norm and output projection (classifier or LM head)."""
+    """Final norm, optional pooler (BERT) and output projection (classifier or LM head)."""
 
-    norm_w: torch.Tensor  # (E,)
-    norm_b: torch.Tensor  # (E,)
+    norm_w: torch.Tensor | None  # (E,)
+    norm_b: torch.Tensor | None  # (E,)
     fc_w: torch.Tensor  # (classes or V, E)
-    fc_b: torch.Tensor  # (classes or V,)
+    fc_b: torch.Tensor | None  # (classes or V,)
+    pool_w: torch.Tensor | None = None  # (E, E)
+    pool_b: torch.Tensor | None = None  # (E,)
 
 
 def qlinear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, a_bits: int) -> torch.Tensor:
     """Linear layer with its input fake-quantized to `a_bits` (weights arrive already quantized)."""
     return F.linear(quantize_activations(x, a_bits), weight, bias)
+
+
+def rope_tables(T: int, D: int, theta: float, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin), each (T, D) in float32, of the rotary embedding at positions 0..T-1 (as Llama computes them)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, D, 2, dtype=torch.int64, device=device).float() / D))
+    freqs = torch.arange(T, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]  # (T, D/2)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def rope(x: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotary position embedding of (B, h, T, D) queries or keys at positions 0..T-1 (Llama's rotate-half form)."""
+    D = x.shape[-1]
+    cos, sin = (t.to(x.dtype) for t in rope_tables(x.shape[-2], D, theta, x.device))
+    x1, x2 = x[..., : D // 2], x[..., D // 2 :]
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
 def attention(
@@ -72,14 +96,32 @@ def attention(
     head_dim: int,
     a_bits: int,
     causal: bool,
+    kv_group: int = 1,
+    rope_theta: float | None = None,
 ) -> torch.Tensor:
-    """Multi-head self-attention with a fused qkv projection. x: (B, T, E) -> (B, T, E)."""
+    """Multi-head self-attention with a fused [q | k | v] projection; each key/value head serves `kv_group`
+    consecutive query heads (grouped-query attention), and `rope_theta` rotates q and k. (B, T, E) -> (B, T, E)."""
     B, T, _ = x.shape
-    qkv = qlinear(x, qkv_w, qkv_b, a_bits)  # (B, T, 3*h*D)
-    q, k, v = qkv.view(B, T, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, T, D)
+    g = heads // kv_group
+    qkv = qlinear(x, qkv_w, qkv_b, a_bits)  # (B, T, (h + 2g)*D)
+    q, k, v = qkv.split((heads * head_dim, g * head_dim, g * head_dim), dim=-1)
+    q = q.view(B, T, heads, head_dim).transpose(1, 2)  # (B, h, T, D)
+    k, v = (t.view(B, T, g, head_dim).transpose(1, 2) for t in (k, v))  # (B, g, T, D)
+    if rope_theta is not None:
+        q, k = rope(q, rope_theta), rope(k, rope_theta)
+    if kv_group > 1:
+        k, v = k.repeat_interleave(kv_group, dim=1), v.repeat_interleave(kv_group, dim=1)
     y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, h, T, D)
     y = y.transpose(1, 2).reshape(B, T, heads * head_dim)
     return qlinear(y, proj_w, proj_b, a_bits)
+
+
+ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"),
+    "silu": F.silu,
+    "relu": F.relu,
+}
 
 
 def ffn(
@@ -89,14 +131,34 @@ def ffn(
     fc2_w: torch.Tensor,
     fc2_b: torch.Tensor | None,
     a_bits: int,
+    activation: str = "gelu",
+    gated: bool = False,
 ) -> torch.Tensor:
-    """Two-layer GELU MLP. x: (B, T, E) -> (B, T, F) -> (B, T, E)."""
-    return qlinear(F.gelu(qlinear(x, fc1_w, fc1_b, a_bits)), fc2_w, fc2_b, a_bits)
+    """Two-layer MLP, or with `gated` act(gate) * up then down (SwiGLU). (B, T, E) -> (B, T, F) -> (B, T, E)."""
+    h = qlinear(x, fc1_w, fc1_b, a_bits)
+    act = ACTIVATIONS[activation]
+    if gated:
+        gate, up = h.chunk(2, dim=-1)
+        h = act(gate) * up
+    else:
+        h = act(h)
+    return qlinear(h, fc2_w, fc2_b, a_bits)
 
 
-def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
     """LayerNorm over the (active) last dim."""
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the (active) last dim, computed in float32 as Llama does (written out: it exports to any opset)."""
+    xf = x.float()
+    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kind: str, eps: float) -> torch.Tensor:
+    """The model's norm: "layer" or "rms" (which has no bias)."""
+    return rms_norm(x, weight, eps) if kind == "rms" else layer_norm(x, weight, bias, eps)
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -140,30 +202,65 @@ def check_tokens(tokens: torch.Tensor, vocab_size: int, block_size: int) -> None
             raise ValueError(f"token ids must be in [0, {vocab_size}), got values in [{lo}, {hi}]")
 
 
-def block(x: torch.Tensor, w: BlockWeights, head_dim: int, a_bits: int, causal: bool, eps: float) -> torch.Tensor:
-    """Pre-norm transformer block: x + attn(ln1(x)), then + ffn(ln2(x)). x: (B, T, E)."""
-    heads = w.qkv_w.shape[0] // (3 * head_dim)
-    x = x + attention(
-        layer_norm(x, w.ln1_w, w.ln1_b, eps), w.qkv_w, w.qkv_b, w.proj_w, w.proj_b, heads, head_dim, a_bits, causal
-    )
-    return x + ffn(layer_norm(x, w.ln2_w, w.ln2_b, eps), w.fc1_w, w.fc1_b, w.fc2_w, w.fc2_b, a_bits)
+def block(
+    x: torch.Tensor, w: BlockWeights, config: ModelConfig, a_bits: int, causal: bool | None = None
+) -> torch.Tensor:
+    """One transformer block with `config`'s options (`causal` defaults to the task's). Pre-norm: x + attn(n1(x)),
+    then + ffn(n2(x)); post-norm (BERT): n1(x + attn(x)), then n2(x + ffn(x)). x: (B, T, E)."""
+    c, D = config, config.head_dim
+    causal = c.causal if causal is None else causal
+    heads = w.proj_w.shape[1] // D
+    rope_theta = c.rope_theta if c.positions == "rope" else None
+
+    def attn(h: torch.Tensor) -> torch.Tensor:
+        return attention(h, w.qkv_w, w.qkv_b, w.proj_w, w.proj_b, heads, D, a_bits, causal, c.kv_group, rope_theta)
+
+    def mlp(h: torch.Tensor) -> torch.Tensor:
+        return ffn(h, w.fc1_w, w.fc1_b, w.fc2_w, w.fc2_b, a_bits, c.activation, c.gated_ffn)
+
+    if c.norm_position == "post":
+        x = norm(x + attn(x), w.ln1_w, w.ln1_b, c.norm, c.ln_eps)
+        return norm(x + mlp(x), w.ln2_w, w.ln2_b, c.norm, c.ln_eps)
+    x = x + attn(norm(x, w.ln1_w, w.ln1_b, c.norm, c.ln_eps))
+    return x + mlp(norm(x, w.ln2_w, w.ln2_b, c.norm, c.ln_eps))
 
 
 def embed_images(images: torch.Tensor, w: PatchEmbedWeights, patch_size: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, N, E): linear patch projection plus position embedding."""
-    return F.linear(patchify(images, patch_size), w.proj_w, w.proj_b) + w.pos
+    """(B, C, H, W) -> (B, N(+1), E): linear patch projection, the CLS token first when there is one, positions."""
+    x = F.linear(patchify(images, patch_size), w.proj_w, w.proj_b)
+    if w.cls is not None:
+        x = torch.cat((w.cls.expand(x.shape[0], 1, -1), x), dim=1)
+    return x + w.pos
 
 
-def embed_tokens(tokens: torch.Tensor, w: TokenEmbedWeights) -> torch.Tensor:
-    """(B, T) ids -> (B, T, E): token embedding plus the first T position embeddings."""
-    return F.embedding(tokens, w.table) + w.pos[: tokens.shape[1]]
+def embed_tokens(tokens: torch.Tensor, w: TokenEmbedWeights, config: ModelConfig) -> torch.Tensor:
+    """(B, T) ids -> (B, T, E): token embedding plus the first T positions (unless RoPE) and the token-type row,
+    then the embedding norm (BERT)."""
+    x = F.embedding(tokens, w.table)
+    if w.pos is not None:
+        x = x + w.pos[: tokens.shape[1]]
+    if w.type_row is not None:
+        x = x + w.type_row
+    if w.norm_w is not None:
+        x = norm(x, w.norm_w, w.norm_b, config.norm, config.ln_eps)
+    return x
 
 
-def classify(x: torch.Tensor, w: HeadWeights, eps: float) -> torch.Tensor:
-    """(B, N, E) -> (B, classes): mean-pool the tokens, layer-norm, project (timm's avg-pool + fc_norm head)."""
-    return F.linear(layer_norm(x.mean(dim=1), w.norm_w, w.norm_b, eps), w.fc_w, w.fc_b)
+def _head(x: torch.Tensor, w: HeadWeights, config: ModelConfig) -> torch.Tensor:
+    if w.norm_w is not None:
+        x = norm(x, w.norm_w, w.norm_b, config.norm, config.ln_eps)
+    if w.pool_w is not None:
+        x = torch.tanh(F.linear(x, w.pool_w, w.pool_b))
+    return F.linear(x, w.fc_w, w.fc_b)
 
 
-def lm_logits(x: torch.Tensor, w: HeadWeights, eps: float) -> torch.Tensor:
-    """(B, T, E) -> (B, T, V): per-token layer norm and LM head."""
-    return F.linear(layer_norm(x, w.norm_w, w.norm_b, eps), w.fc_w, w.fc_b)
+def classify(x: torch.Tensor, w: HeadWeights, config: ModelConfig) -> torch.Tensor:
+    """(B, T, E) -> (B, classes): pool (mean of the tokens, or the CLS token), norm, pooler, project. Norming the
+    pooled vector equals norming every token and then pooling the CLS one (ViT), since the norm is per token."""
+    pooled = x[:, 0] if config.pooling == "cls" else x.mean(dim=1)
+    return _head(pooled, w, config)
+
+
+def lm_logits(x: torch.Tensor, w: HeadWeights, config: ModelConfig) -> torch.Tensor:
+    """(B, T, E) -> (B, T, V): per-token final norm and LM head."""
+    return _head(x, w, config)

@@ -158,7 +158,7 @@ def _cost_tables(space: SearchSpace, config: ModelConfig, tokens: int) -> _CostT
 
 def _tokens(config: ModelConfig, seq_len: int | None) -> int:
     # Same rule and message as `arch_costs`, so both paths accept and refuse the same seq_len.
-    if seq_len is not None and config.task == "lm" and not 1 <= seq_len <= config.block_size:
+    if seq_len is not None and config.task != "image" and not 1 <= seq_len <= config.block_size:
         raise ValueError(f"seq_len={seq_len} must be in [1, block_size={config.block_size}]")
     return config.tokens(seq_len)
 

@@ -3,7 +3,8 @@
 Subnets use front slices (supernet/slicing.py), so the units a small subnet keeps are the first ones. OFA and
 BigNAS reorder units by weight magnitude before shrinking; we do the same for every elastic width dimension:
 
-* heads of each block, by the L1 norm of their q, k, v rows and of their proj columns;
+* heads of each block, by the L1 norm of their q, k, v rows and of their proj columns (with grouped-query attention,
+  whole key/value groups with their query heads, since subnets keep whole groups);
 * FFN neurons of each block, by the L1 norm of their fc1 row and fc2 column;
 * embedding channels of the whole net (one permutation shared by every layer that reads or writes the residual
   stream), by the L1 norm of all weights touching the channel.
@@ -32,47 +33,75 @@ def _take_(t: torch.Tensor, dim: int, perm: torch.Tensor) -> None:
 
 
 def _reorder_heads(blk) -> torch.Tensor:
-    qkv, proj, D = blk.attn.qkv, blk.attn.proj, blk.attn.head_dim
+    """Permute whole key/value groups (one head each without grouped-query attention) with their query heads."""
+    qkv, proj, D, r = blk.attn.qkv, blk.attn.proj, blk.attn.head_dim, blk.attn.kv_group
     E, H = proj.weight.shape[0], proj.weight.shape[1] // D
-    w = qkv.weight.view(3, H, D, -1)
-    p = proj.weight.view(E, H, D)
-    perm = _order(w.abs().sum(dim=(0, 2, 3)) + p.abs().sum(dim=(0, 2)))
-    _take_(w, 1, perm)
-    _take_(qkv.bias.view(3, H, D), 1, perm)
-    _take_(p, 1, perm)
+    G = H // r
+    q_w, k_w, v_w = qkv.weight.split((H * D, G * D, G * D))
+    views = [(q_w.view(G, r, D, -1), 0), (k_w.view(G, D, -1), 0), (v_w.view(G, D, -1), 0)]
+    p = proj.weight.view(E, G, r, D)
+    perm = _order(sum(t.abs().flatten(1).sum(1) for t, _ in views) + p.abs().sum(dim=(0, 2, 3)))
+    if qkv.bias is not None:
+        q_b, k_b, v_b = qkv.bias.split((H * D, G * D, G * D))
+        views += [(q_b.view(G, r * D), 0), (k_b.view(G, D), 0), (v_b.view(G, D), 0)]
+    for t, dim in [*views, (p, 1)]:
+        _take_(t, dim, perm)
     return perm
 
 
 def _reorder_ffn(blk) -> torch.Tensor:
     fc1, fc2 = blk.ffn.fc1, blk.ffn.fc2
-    perm = _order(fc1.weight.abs().sum(dim=1) + fc2.weight.abs().sum(dim=0))
-    _take_(fc1.weight, 0, perm)
-    _take_(fc1.bias, 0, perm)
+    F = fc2.weight.shape[1]
+    halves = fc1.weight.shape[0] // F  # 2 for a gated FFN: gate and up rows move together
+    w1 = fc1.weight.view(halves, F, -1)
+    perm = _order(w1.abs().sum(dim=(0, 2)) + fc2.weight.abs().sum(dim=0))
+    _take_(w1, 1, perm)
+    if fc1.bias is not None:
+        _take_(fc1.bias.view(halves, F), 1, perm)
     _take_(fc2.weight, 1, perm)
     return perm
+
+
+def _norm_tensors(n) -> list[tuple[torch.Tensor, int]]:
+    """(tensor, channel dim) of a norm's affine parameters (none for an absent norm, no bias for RMSNorm)."""
+    if n is None:
+        return []
+    return [(t, t.dim() - 1) for t in (n.weight, n.bias) if t is not None]
+
+
+def _linear_tensors(lin, out_dim: bool, in_dim: bool) -> list[tuple[torch.Tensor, int]]:
+    """A linear layer's weight (rows and/or columns in the channel space) and bias (with its rows)."""
+    out = [(lin.weight, 0)] if out_dim else []
+    out += [(lin.weight, 1)] if in_dim else []
+    if out_dim and lin.bias is not None:
+        out.append((lin.bias, 0))
+    return out
 
 
 def _channel_tensors(net: Supernet) -> list[tuple[torch.Tensor, int]]:
     """Every (tensor, dim) whose `dim` indexes the residual-stream (embedding) channels."""
     stem = net.stem
-    if hasattr(stem, "proj"):  # image: patch projection rows and position columns
-        out = [(stem.proj.weight, 0), (stem.proj.bias, 0), (stem.pos, 1)]
-    else:  # lm: token table and position columns
-        out = [(stem.table, 1), (stem.pos, 1)]
+    if hasattr(stem, "proj"):  # image: patch projection rows, position columns, CLS token
+        out = [*_linear_tensors(stem.proj, True, False), (stem.pos, 1)]
+        out += [(stem.cls, 0)] if stem.cls is not None else []
+    else:  # text: token table and position columns, token-type row, embedding norm
+        out = [(stem.table, 1)] + ([(stem.pos, 1)] if stem.pos is not None else [])
+        out += [(stem.type_row, 0)] if stem.type_row is not None else []
+        out += _norm_tensors(stem.norm)
     for blk in net.blocks:
         out += [
-            (blk.ln1.weight, blk.ln1.weight.dim() - 1),
-            (blk.ln1.bias, blk.ln1.bias.dim() - 1),
-            (blk.attn.qkv.weight, 1),
-            (blk.attn.proj.weight, 0),
-            (blk.attn.proj.bias, 0),
-            (blk.ln2.weight, blk.ln2.weight.dim() - 1),
-            (blk.ln2.bias, blk.ln2.bias.dim() - 1),
-            (blk.ffn.fc1.weight, 1),
-            (blk.ffn.fc2.weight, 0),
-            (blk.ffn.fc2.bias, 0),
+            *_norm_tensors(blk.ln1),
+            *_linear_tensors(blk.attn.qkv, False, True),
+            *_linear_tensors(blk.attn.proj, True, False),
+            *_norm_tensors(blk.ln2),
+            *_linear_tensors(blk.ffn.fc1, False, True),
+            *_linear_tensors(blk.ffn.fc2, True, False),
         ]
-    out += [(net.head.norm.weight, 0), (net.head.norm.bias, 0), (net.head.fc.weight, 1)]
+    out += _norm_tensors(net.head.norm)
+    # The pooler's output is sliced with the embedding width, so its rows share the channels' permutation.
+    if net.head.pool is not None:
+        out += _linear_tensors(net.head.pool, True, True)
+    out += [(net.head.fc.weight, 1)]
     return out
 
 

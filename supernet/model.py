@@ -27,10 +27,20 @@ class Supernet(nn.Module):
                 f"space.depth choices {list(space.depth)} go beyond model.max_depth={config.max_depth}; "
                 "remove the deeper choices or raise model.max_depth"
             )
+        if config.layer_rank is not None and len(config.layer_rank) != space.max_depth:
+            raise ValueError(
+                f"model.layer_rank ranks {len(config.layer_rank)} layers but the space is {space.max_depth} deep"
+            )
         self.space = space
         self.config = config
         embed_max = space.embed_dim[-1]
         hidden_max = round(space.mlp_ratio[-1] * embed_max)
+        odd = [h for h in space.num_heads if h % config.kv_group]
+        if odd:
+            raise ValueError(
+                f"space.num_heads choices {odd} are not whole key/value groups of model.kv_group={config.kv_group} "
+                f"query heads; use multiples of {config.kv_group}"
+            )
         self.blocks = nn.ModuleList(
             ElasticBlock(
                 embed_max,
@@ -39,6 +49,7 @@ class Supernet(nn.Module):
                 hidden_max,
                 config.ln_eps,
                 norm_bits=space.w_bits if config.bit_norms else None,
+                config=config,
             )
             for _ in range(space.max_depth)
         )
@@ -54,7 +65,7 @@ class Supernet(nn.Module):
 
     def block_weights(self, arch: Arch, i: int, quantize: bool = True) -> fn.BlockWeights:
         """Sliced, quantized (or, with `quantize=False`, float) tensors of layer `i` of `arch`."""
-        return self.blocks[i].materialize(
+        return self.blocks[self.config.kept_layers(arch.depth)[i]].materialize(
             arch.embed_dim, arch.num_heads[i], arch.ffn_hidden(i), arch.w_bits[i], quantize
         )
 
@@ -71,13 +82,16 @@ class Supernet(nn.Module):
         self.check_input(x)
         if not depths or max(depths) > arch.depth or min(depths) < 1:
             raise ValueError(f"exit depths {depths} must lie in [1, {arch.depth}] for arch {arch.key()}")
+        if self.config.layer_rank is not None and depths != (arch.depth,):
+            raise ValueError("depth exits need elastic depth to drop the last layers (model.layer_rank: null)")
         return self._exits(x, arch, depths)
 
     def _exits(self, x: torch.Tensor, arch: Arch, depths: tuple[int, ...]) -> dict[int, torch.Tensor]:
         h = self.embed(x, arch)  # (B, T, E)
         out = {}
-        for i in range(max(depths)):  # elastic depth: the first `depth` blocks
-            blk = self.blocks[i]
+        kept = self.config.kept_layers(arch.depth)  # elastic depth: the first `depth` blocks, or the best ranked
+        for i in range(max(depths)):
+            blk = self.blocks[kept[i]]
             h = blk(h, arch.num_heads[i], arch.ffn_hidden(i), arch.w_bits[i], arch.a_bits, self.config.causal)
             if i + 1 in depths:
                 out[i + 1] = self.output(h, arch)
@@ -89,8 +103,8 @@ class ViTSupernet(Supernet):
 
     def __init__(self, space: SearchSpace, config: ModelConfig) -> None:
         super().__init__(space, config)
-        self.stem = ElasticPatchEmbed(config.patch_dim, config.num_patches, space.embed_dim[-1])
-        self.head = ElasticHead(space.embed_dim[-1], config.num_classes, config.ln_eps)
+        self.stem = ElasticPatchEmbed(config.patch_dim, config.num_patches, space.embed_dim[-1], config.cls_token)
+        self.head = ElasticHead(space.embed_dim[-1], config.num_classes, config.ln_eps, config)
 
     def check_input(self, x: torch.Tensor) -> None:
         fn.check_images(x, self.config.in_channels, self.config.image_size)
@@ -99,7 +113,7 @@ class ViTSupernet(Supernet):
         return fn.embed_images(x, self.stem.materialize(arch.embed_dim), self.config.patch_size)
 
     def output(self, h: torch.Tensor, arch: Arch) -> torch.Tensor:
-        return fn.classify(h, self.head.materialize(arch.embed_dim), self.config.ln_eps)
+        return fn.classify(h, self.head.materialize(arch.embed_dim), self.config)
 
 
 class LMSupernet(Supernet):
@@ -107,19 +121,26 @@ class LMSupernet(Supernet):
 
     def __init__(self, space: SearchSpace, config: ModelConfig) -> None:
         super().__init__(space, config)
-        self.stem = ElasticTokenEmbed(config.vocab_size, config.block_size, space.embed_dim[-1])
-        self.head = ElasticHead(space.embed_dim[-1], config.vocab_size, config.ln_eps)
+        self.stem = ElasticTokenEmbed(config.vocab_size, config.block_size, space.embed_dim[-1], config)
+        self.head = ElasticHead(space.embed_dim[-1], config.num_outputs, config.ln_eps, config)
 
     def check_input(self, x: torch.Tensor) -> None:
         fn.check_tokens(x, self.config.vocab_size, self.config.block_size)
 
     def embed(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:
-        return fn.embed_tokens(x, self.stem.materialize(arch.embed_dim))
+        return fn.embed_tokens(x, self.stem.materialize(arch.embed_dim), self.config)
 
     def output(self, h: torch.Tensor, arch: Arch) -> torch.Tensor:
-        return fn.lm_logits(h, self.head.materialize(arch.embed_dim), self.config.ln_eps)
+        return fn.lm_logits(h, self.head.materialize(arch.embed_dim), self.config)
+
+
+class TextClassifierSupernet(LMSupernet):
+    """Bidirectional encoder classifying a token sequence (BERT): tokens -> blocks -> pooled -> classes."""
+
+    def output(self, h: torch.Tensor, arch: Arch) -> torch.Tensor:
+        return fn.classify(h, self.head.materialize(arch.embed_dim), self.config)
 
 
 def build_supernet(space: SearchSpace, config: ModelConfig) -> Supernet:
     """The supernet for `config.task` sized by `space`."""
-    return {"image": ViTSupernet, "lm": LMSupernet}[config.task](space, config)
+    return {"image": ViTSupernet, "lm": LMSupernet, "text": TextClassifierSupernet}[config.task](space, config)

@@ -10,6 +10,9 @@ Layouts of the supernet tensors:
 * fused qkv weight `(3 * H_max * head_dim, E_max)`, rows ordered `[q | k | v]`, each block `H_max` heads of
   `head_dim` rows; a subnet with `h` heads keeps the first `h` heads of each of q, k and v.
 * attention output projection `(E_max, H_max * head_dim)`: columns sliced to `h * head_dim`.
+* with grouped-query attention (`kv_group` query heads per key/value head) the qkv rows are
+  `[q (H_max) | k (G_max) | v (G_max)]` heads, and a subnet keeps whole groups.
+* a gated FFN's first projection `(2 * F_max, E_max)`, rows `[gate | up]`: both halves sliced to the first F.
 """
 
 from __future__ import annotations
@@ -39,15 +42,40 @@ def slice_columns(t: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def slice_qkv(
-    weight: torch.Tensor, bias: torch.Tensor | None, heads: int, head_dim: int, in_features: int
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    heads: int,
+    head_dim: int,
+    in_features: int,
+    kv_group: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Fused qkv projection for `heads` heads reading `in_features` embedding channels: `(3*h*hd, in)`."""
-    max_heads = weight.shape[0] // (3 * head_dim)
-    if heads == max_heads and in_features == weight.shape[1]:
+    """Fused projection for `heads` query heads and heads / kv_group key/value heads reading `in_features` channels:
+    `((h + 2g)*hd, in)`. The supernet's rows are `[q (H_max*hd) | k (G_max*hd) | v (G_max*hd)]`; a subnet keeps the
+    first h query heads and the first g key/value heads, i.e. whole groups (grouped-query attention)."""
+    g_max = weight.shape[0] // (head_dim * (kv_group + 2))
+    h_max = g_max * kv_group
+    if heads == h_max and in_features == weight.shape[1]:
         return weight, bias
-    # (3, H_max, hd, E_max) -> keep h heads and `in` columns -> (3*h*hd, in); a view + one copy, no index tensors.
-    w = weight.view(3, max_heads, head_dim, -1)[:, :heads, :, :in_features].reshape(3 * heads * head_dim, in_features)
-    b = None
-    if bias is not None:
-        b = bias.view(3, max_heads, head_dim)[:, :heads].reshape(3 * heads * head_dim)
+    g = heads // kv_group
+    if kv_group == 1:
+        # (3, H_max, hd, E_max) -> keep h heads and `in` columns -> (3*h*hd, in): a view + one copy, no index tensors.
+        w = weight.view(3, h_max, head_dim, -1)[:, :heads, :, :in_features].reshape(3 * heads * head_dim, in_features)
+        b = None if bias is None else bias.view(3, h_max, head_dim)[:, :heads].reshape(3 * heads * head_dim)
+        return w, b
+    q, kv = h_max * head_dim, g_max * head_dim
+    rows = (slice(0, heads * head_dim), slice(q, q + g * head_dim), slice(q + kv, q + kv + g * head_dim))
+    w = torch.cat([weight[r, :in_features] for r in rows])
+    b = None if bias is None else torch.cat([bias[r] for r in rows])
+    return w, b
+
+
+def slice_gated(
+    weight: torch.Tensor, bias: torch.Tensor | None, hidden: int, in_features: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """First `hidden` units of both halves of a gated FFN's fused `[gate | up]` projection: `(2*hidden, in)`."""
+    f_max = weight.shape[0] // 2
+    if hidden == f_max and in_features == weight.shape[1]:
+        return weight, bias
+    w = weight.view(2, f_max, -1)[:, :hidden, :in_features].reshape(2 * hidden, in_features)
+    b = None if bias is None else bias.view(2, f_max)[:, :hidden].reshape(2 * hidden)
     return w, b

@@ -16,31 +16,36 @@ from supernet.arch import Arch
 from supernet.config import ModelConfig
 
 
-class StaticBlock(nn.Module):
-    """One pre-norm transformer block at fixed sizes."""
+def _norm(dim: int, config: ModelConfig) -> nn.Module:
+    return nn.RMSNorm(dim, eps=config.ln_eps) if config.norm == "rms" else nn.LayerNorm(dim, eps=config.ln_eps)
 
-    def __init__(
-        self, embed_dim: int, heads: int, head_dim: int, hidden: int, a_bits: int, causal: bool, eps: float
-    ) -> None:
+
+def _norm_weights(n: nn.Module | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    return (None, None) if n is None else (n.weight, getattr(n, "bias", None))
+
+
+class StaticBlock(nn.Module):
+    """One transformer block at fixed sizes, with `config`'s block options."""
+
+    def __init__(self, embed_dim: int, heads: int, hidden: int, a_bits: int, config: ModelConfig) -> None:
         super().__init__()
-        self.head_dim, self.a_bits, self.causal, self.eps = head_dim, a_bits, causal, eps
-        self.ln1 = nn.LayerNorm(embed_dim, eps=eps)
-        self.qkv = nn.Linear(embed_dim, 3 * heads * head_dim)
-        self.proj = nn.Linear(heads * head_dim, embed_dim)
-        self.ln2 = nn.LayerNorm(embed_dim, eps=eps)
-        self.fc1 = nn.Linear(embed_dim, hidden)
-        self.fc2 = nn.Linear(hidden, embed_dim)
+        self.config, self.a_bits = config, a_bits
+        D, bias = config.head_dim, config.linear_bias
+        self.ln1 = _norm(embed_dim, config)
+        self.qkv = nn.Linear(embed_dim, (heads + 2 * (heads // config.kv_group)) * D, bias=bias)
+        self.proj = nn.Linear(heads * D, embed_dim, bias=bias)
+        self.ln2 = _norm(embed_dim, config)
+        self.fc1 = nn.Linear(embed_dim, (2 if config.gated_ffn else 1) * hidden, bias=bias)
+        self.fc2 = nn.Linear(hidden, embed_dim, bias=bias)
 
     def weights(self) -> fn.BlockWeights:
         return fn.BlockWeights(
-            self.ln1.weight,
-            self.ln1.bias,
+            *_norm_weights(self.ln1),
             self.qkv.weight,
             self.qkv.bias,
             self.proj.weight,
             self.proj.bias,
-            self.ln2.weight,
-            self.ln2.bias,
+            *_norm_weights(self.ln2),
             self.fc1.weight,
             self.fc1.bias,
             self.fc2.weight,
@@ -48,39 +53,44 @@ class StaticBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fn.block(x, self.weights(), self.head_dim, self.a_bits, self.causal, self.eps)
+        return fn.block(x, self.weights(), self.config, self.a_bits)
 
 
 class StaticHead(nn.Module):
-    """Final layer norm and output projection."""
+    """Final norm, optional pooler and output projection."""
 
-    def __init__(self, embed_dim: int, out_features: int, eps: float) -> None:
+    def __init__(self, embed_dim: int, out_features: int, config: ModelConfig) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(embed_dim, eps=eps)
-        self.fc = nn.Linear(embed_dim, out_features)
+        self.norm = _norm(embed_dim, config) if config.final_norm else None
+        self.pool = nn.Linear(embed_dim, embed_dim) if config.pooler else None
+        self.fc = nn.Linear(embed_dim, out_features, bias=config.head_bias)
 
     def weights(self) -> fn.HeadWeights:
-        return fn.HeadWeights(self.norm.weight, self.norm.bias, self.fc.weight, self.fc.bias)
+        pool = (None, None) if self.pool is None else (self.pool.weight, self.pool.bias)
+        return fn.HeadWeights(*_norm_weights(self.norm), self.fc.weight, self.fc.bias, *pool)
 
 
 class StaticPatchEmbed(nn.Module):
-    def __init__(self, patch_dim: int, num_patches: int, embed_dim: int) -> None:
+    def __init__(self, patch_dim: int, num_patches: int, embed_dim: int, cls_token: bool = False) -> None:
         super().__init__()
         self.proj = nn.Linear(patch_dim, embed_dim)
-        self.pos = nn.Parameter(torch.zeros(num_patches, embed_dim))
+        self.pos = nn.Parameter(torch.zeros(num_patches + cls_token, embed_dim))
+        self.cls = nn.Parameter(torch.zeros(embed_dim)) if cls_token else None
 
     def weights(self) -> fn.PatchEmbedWeights:
-        return fn.PatchEmbedWeights(self.proj.weight, self.proj.bias, self.pos)
+        return fn.PatchEmbedWeights(self.proj.weight, self.proj.bias, self.pos, self.cls)
 
 
 class StaticTokenEmbed(nn.Module):
-    def __init__(self, vocab_size: int, block_size: int, embed_dim: int) -> None:
+    def __init__(self, vocab_size: int, block_size: int, embed_dim: int, config: ModelConfig) -> None:
         super().__init__()
         self.table = nn.Embedding(vocab_size, embed_dim)
-        self.pos = nn.Parameter(torch.zeros(block_size, embed_dim))
+        self.pos = nn.Parameter(torch.zeros(block_size, embed_dim)) if config.positions == "learned" else None
+        self.type_row = nn.Parameter(torch.zeros(embed_dim)) if config.token_types else None
+        self.norm = _norm(embed_dim, config) if config.embed_norm else None
 
     def weights(self) -> fn.TokenEmbedWeights:
-        return fn.TokenEmbedWeights(self.table.weight, self.pos)
+        return fn.TokenEmbedWeights(self.table.weight, self.pos, self.type_row, *_norm_weights(self.norm))
 
 
 class StaticSubnet(nn.Module):
@@ -92,10 +102,7 @@ class StaticSubnet(nn.Module):
         self.config = config
         e = arch.embed_dim
         self.blocks = nn.ModuleList(
-            StaticBlock(
-                e, arch.num_heads[i], config.head_dim, arch.ffn_hidden(i), arch.a_bits, config.causal, config.ln_eps
-            )
-            for i in range(arch.depth)
+            StaticBlock(e, arch.num_heads[i], arch.ffn_hidden(i), arch.a_bits, config) for i in range(arch.depth)
         )
 
     def trunk(self, h: torch.Tensor) -> torch.Tensor:
@@ -109,13 +116,13 @@ class StaticViT(StaticSubnet):
 
     def __init__(self, arch: Arch, config: ModelConfig) -> None:
         super().__init__(arch, config)
-        self.stem = StaticPatchEmbed(config.patch_dim, config.num_patches, arch.embed_dim)
-        self.head = StaticHead(arch.embed_dim, config.num_classes, config.ln_eps)
+        self.stem = StaticPatchEmbed(config.patch_dim, config.num_patches, arch.embed_dim, config.cls_token)
+        self.head = StaticHead(arch.embed_dim, config.num_classes, config)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         fn.check_images(images, self.config.in_channels, self.config.image_size)
         h = self.trunk(fn.embed_images(images, self.stem.weights(), self.config.patch_size))
-        return fn.classify(h, self.head.weights(), self.config.ln_eps)
+        return fn.classify(h, self.head.weights(), self.config)
 
 
 class StaticLM(StaticSubnet):
@@ -123,15 +130,24 @@ class StaticLM(StaticSubnet):
 
     def __init__(self, arch: Arch, config: ModelConfig) -> None:
         super().__init__(arch, config)
-        self.stem = StaticTokenEmbed(config.vocab_size, config.block_size, arch.embed_dim)
-        self.head = StaticHead(arch.embed_dim, config.vocab_size, config.ln_eps)
+        self.stem = StaticTokenEmbed(config.vocab_size, config.block_size, arch.embed_dim, config)
+        self.head = StaticHead(arch.embed_dim, config.num_outputs, config)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         fn.check_tokens(tokens, self.config.vocab_size, self.config.block_size)
-        h = self.trunk(fn.embed_tokens(tokens, self.stem.weights()))
-        return fn.lm_logits(h, self.head.weights(), self.config.ln_eps)
+        h = self.trunk(fn.embed_tokens(tokens, self.stem.weights(), self.config))
+        return fn.lm_logits(h, self.head.weights(), self.config)
+
+
+class StaticTextClassifier(StaticLM):
+    """Standalone sequence classifier (BERT). Input (B, T) int64 ids -> logits (B, num_classes)."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        fn.check_tokens(tokens, self.config.vocab_size, self.config.block_size)
+        h = self.trunk(fn.embed_tokens(tokens, self.stem.weights(), self.config))
+        return fn.classify(h, self.head.weights(), self.config)
 
 
 def build_subnet(arch: Arch, config: ModelConfig) -> StaticSubnet:
     """An untrained standalone subnet of `arch` (extraction or a saved state dict fills its weights)."""
-    return {"image": StaticViT, "lm": StaticLM}[config.task](arch, config)
+    return {"image": StaticViT, "lm": StaticLM, "text": StaticTextClassifier}[config.task](arch, config)

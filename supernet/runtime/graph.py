@@ -40,46 +40,116 @@ def _floats(tensors: dict, name: str) -> np.ndarray:
 
 def _linear(tensors: dict, prefix: str) -> LinearWeights:
     t = tensors[f"{prefix}.weight"]
-    return LinearWeights(t.shape, t.bits, t.codes, t.scales, t.floats, _floats(tensors, f"{prefix}.bias"))
+    # A layer without bias (Llama) gets zeros: adding 0.0 is exact, and every kernel keeps one code path.
+    bias = _floats(tensors, f"{prefix}.bias") if f"{prefix}.bias" in tensors else np.zeros(t.shape[0], np.float32)
+    return LinearWeights(t.shape, t.bits, t.codes, t.scales, t.floats, bias)
 
 
-def _layer_norm(g: Graph, x: str, tensors: dict, prefix: str, eps: float) -> str:
-    w, b = (g.init(_floats(tensors, f"{prefix}.{p}"), f"{prefix}.{p}") for p in ("weight", "bias"))
-    return g.op("LayerNormalization", [x, w, b], axis=-1, epsilon=eps)
+def _norm(g: Graph, x: str, tensors: dict, prefix: str, config: ModelConfig) -> str:
+    """LayerNorm (bias optional) or RMSNorm (written out in float32, as supernet/functional.py computes it)."""
+    w = g.init(_floats(tensors, f"{prefix}.weight"), f"{prefix}.weight")
+    if config.norm == "rms":
+        ms = g.op("ReduceMean", [g.op("Mul", [x, x]), g.const([-1], np.int64)], keepdims=1)
+        inv = g.op("Reciprocal", [g.op("Sqrt", [g.op("Add", [ms, g.const(config.ln_eps)])])])
+        return g.op("Mul", [w, g.op("Mul", [x, inv])])
+    inputs = [x, w]
+    if f"{prefix}.bias" in tensors:
+        inputs.append(g.init(_floats(tensors, f"{prefix}.bias"), f"{prefix}.bias"))
+    return g.op("LayerNormalization", inputs, axis=-1, epsilon=config.ln_eps)
 
 
-def _plain_linear(g: Graph, x: str, tensors: dict, prefix: str) -> str:
-    """A float linear outside the blocks (patch projection, head)."""
-    w_t = g.init(_floats(tensors, f"{prefix}.weight").T, f"{prefix}.weight")
-    return g.op("Add", [g.op("MatMul", [x, w_t]), g.init(_floats(tensors, f"{prefix}.bias"), f"{prefix}.bias")])
+def _plain_linear(g: Graph, x: str, tensors: dict, prefix: str, out: str | None = None) -> str:
+    """A float linear outside the blocks (patch projection, pooler, head); `out` names its output."""
+    y = g.op("MatMul", [x, g.init(_floats(tensors, f"{prefix}.weight").T, f"{prefix}.weight")])
+    if f"{prefix}.bias" in tensors:
+        y = g.op("Add", [y, g.init(_floats(tensors, f"{prefix}.bias"), f"{prefix}.bias")])
+    if out is not None:
+        g.nodes.append(helper.make_node("Identity", [y], [out]))
+    return y
 
 
-def _attention(g: Graph, x: str, qkv: str, heads: int, head_dim: int, mask: str | None) -> str:
-    """(B, T, 3hD) fused projections -> (B, T, hD) attention output, as in F.scaled_dot_product_attention."""
-    split = g.op(
-        "Transpose", [g.op("Reshape", [qkv, g.const([0, 0, 3, heads, head_dim], np.int64)])], perm=[2, 0, 3, 1, 4]
-    )  # (3, B, h, T, D)
-    q, k, v = (g.op("Gather", [split, g.const(i, np.int64)], axis=0) for i in range(3))  # each (B, h, T, D)
+def _heads(g: Graph, t: str, n: int, head_dim: int) -> str:
+    """(B, T, n*D) -> (B, n, T, D)."""
+    return g.op("Transpose", [g.op("Reshape", [t, g.const([0, 0, n, head_dim], np.int64)])], perm=[0, 2, 1, 3])
+
+
+def _rope_tables(config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin at positions 0..block_size-1, from the shared forward's own function (bit-identical)."""
+    from supernet.functional import rope_tables
+
+    return tuple(t.numpy() for t in rope_tables(config.tokens(), config.head_dim, config.rope_theta))
+
+
+def _rope(g: Graph, x: str, cos: str, sin: str, head_dim: int) -> str:
+    """x * cos + rotate_half(x) * sin on (B, h, T, D)."""
+    half = g.const([head_dim // 2, head_dim // 2], np.int64)
+    split = helper.make_node("Split", [x, half], [g.fresh("x1"), g.fresh("x2")], axis=-1)
+    g.nodes.append(split)
+    x1, x2 = split.output
+    rotated = g.op("Concat", [g.op("Neg", [x2]), x1], axis=-1)
+    return g.op("Add", [g.op("Mul", [x, cos]), g.op("Mul", [rotated, sin])])
+
+
+def _attention(
+    g: Graph, qkv: str, heads: int, config: ModelConfig, mask: str | None, rope: tuple[str, str] | None
+) -> str:
+    """(B, T, (h + 2g)D) fused projections -> (B, T, hD) attention output, as in supernet/functional.attention."""
+    D, r = config.head_dim, config.kv_group
+    kv = heads // r
+    sizes = g.const([heads * D, kv * D, kv * D], np.int64)
+    split = helper.make_node("Split", [qkv, sizes], [g.fresh("q"), g.fresh("k"), g.fresh("v")], axis=-1)
+    g.nodes.append(split)
+    q, k, v = (_heads(g, t, n, D) for t, n in zip(split.output, (heads, kv, kv), strict=True))
+    if rope is not None:
+        q, k = _rope(g, q, *rope, D), _rope(g, k, *rope, D)
+    if r > 1:  # each key/value head serves r consecutive query heads
+        rep = g.const([1, 1, r, 1, 1], np.int64)
+        k, v = (g.op("Reshape", [g.op("Expand", [g.op("Unsqueeze", [t, g.const([2], np.int64)]), rep]),
+                                 g.const([0, heads, -1, D], np.int64)]) for t in (k, v))  # fmt: skip
     scores = g.op("MatMul", [q, g.op("Transpose", [k], perm=[0, 1, 3, 2])])
-    scores = g.op("Mul", [scores, g.const(1.0 / math.sqrt(head_dim))])
+    scores = g.op("Mul", [scores, g.const(1.0 / math.sqrt(D))])
     if mask is not None:
         scores = g.op("Add", [scores, mask])
     y = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), v])  # (B, h, T, D)
-    return g.op("Reshape", [g.op("Transpose", [y], perm=[0, 2, 1, 3]), g.const([0, 0, heads * head_dim], np.int64)])
+    return g.op("Reshape", [g.op("Transpose", [y], perm=[0, 2, 1, 3]), g.const([0, 0, heads * D], np.int64)])
 
 
-def _block(g: Graph, x: str, tensors: dict, i: int, arch: Arch, config: ModelConfig, kernels, mask) -> str:
-    """Pre-norm block: x + proj(attn(qkv(ln1(x)))), then + fc2(gelu(fc1(ln2(x))))."""
+def _activation(g: Graph, x: str, name: str) -> str:
+    if name == "gelu":
+        return g.op("Gelu", [x])  # exact (erf)
+    if name == "gelu_tanh":
+        return g.op("Gelu", [x], approximate="tanh")
+    if name == "silu":
+        return g.op("Mul", [x, g.op("Sigmoid", [x])])
+    return g.op("Relu", [x])
+
+
+def _block(g: Graph, x: str, tensors: dict, i: int, arch: Arch, config: ModelConfig, kernels, mask, rope) -> str:
+    """One block with the config's options, as supernet/functional.block computes it."""
     p, a = f"blocks.{i}", arch.a_bits
 
     def lin(h: str, name: str) -> str:
         return emit_linear(g, h, _linear(tensors, f"{p}.{name}"), a, kernels[name], f"{p}.{name}")
 
-    qkv = lin(_layer_norm(g, x, tensors, f"{p}.ln1", config.ln_eps), "qkv")
-    y = _attention(g, x, qkv, arch.num_heads[i], config.head_dim, mask)
-    x = g.op("Add", [x, lin(y, "proj")])
-    hidden = g.op("Gelu", [lin(_layer_norm(g, x, tensors, f"{p}.ln2", config.ln_eps), "fc1")])  # exact (erf)
-    return g.op("Add", [x, lin(hidden, "fc2")], hint=f"{p}.out")
+    def attn(h: str) -> str:
+        return lin(_attention(g, lin(h, "qkv"), arch.num_heads[i], config, mask, rope), "proj")
+
+    def mlp(h: str) -> str:
+        h = lin(h, "fc1")
+        if config.gated_ffn:
+            f = arch.ffn_hidden(i)
+            split = helper.make_node("Split", [h, g.const([f, f], np.int64)], [g.fresh("gate"), g.fresh("up")], axis=-1)
+            g.nodes.append(split)
+            h = g.op("Mul", [_activation(g, split.output[0], config.activation), split.output[1]])
+        else:
+            h = _activation(g, h, config.activation)
+        return lin(h, "fc2")
+
+    if config.norm_position == "post":
+        x = _norm(g, g.op("Add", [x, attn(x)]), tensors, f"{p}.ln1", config)
+        return _norm(g, g.op("Add", [x, mlp(x)]), tensors, f"{p}.ln2", config)
+    x = g.op("Add", [x, attn(_norm(g, x, tensors, f"{p}.ln1", config))])
+    return g.op("Add", [x, mlp(_norm(g, x, tensors, f"{p}.ln2", config))], hint=f"{p}.out")
 
 
 def _image_stem(g: Graph, tensors: dict, config: ModelConfig) -> tuple[onnx.ValueInfoProto, str]:
@@ -93,17 +163,26 @@ def _image_stem(g: Graph, tensors: dict, config: ModelConfig) -> tuple[onnx.Valu
             g.const([0, config.num_patches, config.patch_dim], np.int64),
         ],
     )
-    x = g.op("Add", [_plain_linear(g, patches, tensors, "stem.proj"), g.init(_floats(tensors, "stem.pos"), "pos")])
-    return inp, x
+    x = _plain_linear(g, patches, tensors, "stem.proj")
+    if "stem.cls" in tensors:  # the CLS token before the patches, one per image
+        cls = g.init(_floats(tensors, "stem.cls").reshape(1, 1, -1), "cls")
+        shape = g.op("Concat", [g.op("Shape", ["images"], start=0, end=1), g.const([1, 1], np.int64)], axis=0)
+        x = g.op("Concat", [g.op("Expand", [cls, shape]), x], axis=1)
+    return inp, g.op("Add", [x, g.init(_floats(tensors, "stem.pos"), "pos")])
 
 
-def _token_stem(g: Graph, tensors: dict) -> tuple[onnx.ValueInfoProto, str, str]:
+def _token_stem(g: Graph, tensors: dict, config: ModelConfig) -> tuple[onnx.ValueInfoProto, str, str]:
     inp = helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", "seq"])
     seq = g.op("Shape", ["tokens"], start=1, end=2)  # (1,) = T
-    emb = g.op("Gather", [g.init(_floats(tensors, "stem.table.weight"), "table"), "tokens"], axis=0)
+    x = g.op("Gather", [g.init(_floats(tensors, "stem.table.weight"), "table"), "tokens"], axis=0)
     zero = g.const([0], np.int64)
-    pos = g.op("Slice", [g.init(_floats(tensors, "stem.pos"), "pos"), zero, seq, zero])
-    return inp, g.op("Add", [emb, pos]), seq
+    if "stem.pos" in tensors:
+        x = g.op("Add", [x, g.op("Slice", [g.init(_floats(tensors, "stem.pos"), "pos"), zero, seq, zero])])
+    if "stem.type_row" in tensors:
+        x = g.op("Add", [x, g.init(_floats(tensors, "stem.type_row"), "type_row")])
+    if "stem.norm.weight" in tensors:
+        x = _norm(g, x, tensors, "stem.norm", config)
+    return inp, x, seq
 
 
 def _causal_mask(g: Graph, seq: str, block_size: int) -> str:
@@ -112,34 +191,42 @@ def _causal_mask(g: Graph, seq: str, block_size: int) -> str:
     return g.op("Slice", [g.init(full, "causal_mask"), g.const([0, 0], np.int64), ends, g.const([0, 1], np.int64)])
 
 
+def _rope_inputs(g: Graph, config: ModelConfig, seq: str | None) -> tuple[str, str] | None:
+    if config.positions != "rope":
+        return None
+    zero = g.const([0], np.int64)
+    end = seq if seq is not None else g.const([config.tokens()], np.int64)
+    return tuple(g.op("Slice", [g.init(t, name), zero, end, zero]) for t, name in zip(_rope_tables(config),
+                                                                                    ("rope_cos", "rope_sin")))  # fmt: skip
+
+
 def build_runtime_model(arch: Arch, config: ModelConfig, arrays: dict[str, np.ndarray], plan: Plan) -> onnx.ModelProto:
     """The ONNX model of `arch` from the arrays `pack_subnet` wrote, with each block linear on `plan`'s kernel."""
     if len(plan) != arch.depth or any(set(k) != set(QUANTIZED_LINEARS) for k in plan):
         raise ValueError(f"kernel plan must name a kernel for {QUANTIZED_LINEARS} of each of {arch.depth} layers")
     tensors = _tensors(arrays, arch, config)
     g = Graph()
-    mask = None
+    mask, seq = None, None
     if config.task == "image":
         inp, x = _image_stem(g, tensors, config)
     else:
-        inp, x, seq = _token_stem(g, tensors)
-        mask = _causal_mask(g, seq, config.block_size)
+        inp, x, seq = _token_stem(g, tensors, config)
+        if config.causal:
+            mask = _causal_mask(g, seq, config.block_size)
+    rope = _rope_inputs(g, config, seq)
     for i in range(arch.depth):
-        x = _block(g, x, tensors, i, arch, config, plan[i], mask)
-    if config.task == "image":
-        x = g.op("ReduceMean", [x, g.const([1], np.int64)], keepdims=0)  # mean-pool the tokens
-    h = _layer_norm(g, x, tensors, "head.norm", config.ln_eps)
-    g.nodes.append(
-        helper.make_node(
-            "Add",
-            [
-                g.op("MatMul", [h, g.init(_floats(tensors, "head.fc.weight").T, "head.fc.weight")]),
-                g.init(_floats(tensors, "head.fc.bias"), "head.fc.bias"),
-            ],
-            ["logits"],
-        )
-    )
-    out_shape = ["batch", config.num_classes] if config.task == "image" else ["batch", "seq", config.vocab_size]
+        x = _block(g, x, tensors, i, arch, config, plan[i], mask, rope)
+    if config.task != "lm":  # classify the mean of the tokens or the first (CLS) token
+        if config.pooling == "cls":
+            x = g.op("Gather", [x, g.const(0, np.int64)], axis=1)
+        else:
+            x = g.op("ReduceMean", [x, g.const([1], np.int64)], keepdims=0)
+    if "head.norm.weight" in tensors:
+        x = _norm(g, x, tensors, "head.norm", config)
+    if "head.pool.weight" in tensors:
+        x = g.op("Tanh", [_plain_linear(g, x, tensors, "head.pool")])
+    _plain_linear(g, x, tensors, "head.fc", out="logits")
+    out_shape = ["batch", "seq", config.vocab_size] if config.task == "lm" else ["batch", config.num_classes]
     graph = helper.make_graph(
         g.nodes,
         f"subnet_{arch.key()}",

@@ -51,7 +51,8 @@ def cpu_name() -> str:
 def linear_shapes(arch: Arch, config: ModelConfig, i: int) -> dict[str, tuple[int, int]]:
     """(K, N) of the four block linears of layer `i`."""
     e, hd, f = arch.embed_dim, arch.num_heads[i] * config.head_dim, arch.ffn_hidden(i)
-    return {"qkv": (e, 3 * hd), "proj": (hd, e), "fc1": (e, f), "fc2": (f, e)}
+    kv = 2 * hd // config.kv_group  # key and value: one head per group
+    return {"qkv": (e, hd + kv), "proj": (hd, e), "fc1": (e, (2 if config.gated_ffn else 1) * f), "fc2": (f, e)}
 
 
 def _probe_layer(k_in: int, n_out: int, w_bits: int, seed: int) -> tuple[LinearWeights, torch.Tensor]:
