@@ -227,5 +227,7 @@ class ElasticHead(nn.Module):
     def materialize(self, embed_dim: int) -> fn.HeadWeights:
         fc_w, fc_b = slice_linear(self.fc.weight, self.fc.bias, self.fc.weight.shape[0], embed_dim)
         norm = (None, None) if self.norm is None else self.norm.materialize(embed_dim)
-        pool = (None, None) if self.pool is None else slice_linear(self.pool.weight, self.pool.bias, embed_dim, embed_dim)
+        pool = (None, None)
+        if self.pool is not None:
+            pool = slice_linear(self.pool.weight, self.pool.bias, embed_dim, embed_dim)
         return fn.HeadWeights(*norm, fc_w, fc_b, *pool)

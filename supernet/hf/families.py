@@ -80,8 +80,7 @@ class Family:
 
 
 def _vit_config(c: Any) -> tuple[ModelConfig, Sizes]:
-    if c.hidden_size % c.num_attention_heads:
-        raise Unsupported(f"hidden_size={c.hidden_size} is not divisible by num_attention_heads={c.num_attention_heads}")
+    _divisible(c.hidden_size, c.num_attention_heads)
     _require(c, "qkv_bias", (True,), True)
     mc = ModelConfig(
         task="image", head_dim=c.hidden_size // c.num_attention_heads, ln_eps=float(c.layer_norm_eps),
@@ -146,8 +145,7 @@ def _resize_bert_like(d: int, e: int, h: int, f: int, g: int) -> dict[str, int]:
 
 
 def _bert_config(c: Any) -> tuple[ModelConfig, Sizes]:
-    if c.hidden_size % c.num_attention_heads:
-        raise Unsupported(f"hidden_size={c.hidden_size} is not divisible by num_attention_heads={c.num_attention_heads}")
+    _divisible(c.hidden_size, c.num_attention_heads)
     _require(c, "position_embedding_type", ("absolute", None))
     _require(c, "is_decoder", (False, None))
     mc = ModelConfig(
