@@ -50,6 +50,11 @@ def _require(cfg: Any, attr: str, allowed: tuple, default: Any = None) -> None:
         raise Unsupported(f"{attr}={v!r} is not supported; supported: {list(allowed)}")
 
 
+def _divisible(hidden: int, heads: int) -> None:
+    if hidden % heads:
+        raise Unsupported(f"hidden_size={hidden} is not divisible by num_attention_heads={heads}")
+
+
 def _qkv(sd: Tensors, prefix: str, names: tuple[str, str, str], bias: bool) -> Tensors:
     out = {"weight": torch.cat([sd[f"{prefix}{n}.weight"] for n in names])}
     if bias:

@@ -25,7 +25,7 @@ def load_pretrained(source: str) -> torch.nn.Module:
 
     path = Path(source).expanduser()
     local = path.is_dir()
-    if not local and (source.startswith((".", "/", "~")) or path.parent.is_dir() and len(path.parts) > 2):
+    if not local and (source.startswith((".", "/", "~")) or (path.parent.is_dir() and len(path.parts) > 2)):
         raise ValueError(f"no checkpoint directory at {source}: pass a folder written by save_pretrained")
     try:
         cfg = transformers.AutoConfig.from_pretrained(str(path) if local else source)
@@ -100,8 +100,10 @@ def check_space(space: SearchSpace, sizes: Sizes, source: str) -> None:
            "ffn width": largest.ffn_hidden(0)}  # fmt: skip
     diff = [f"{k} {got[k]} (the model has {want[k]})" for k in want if got[k] != want[k]]
     if diff:
-        raise ValueError(f"space '{space.name}' cannot express {source}: its largest arch has {', '.join(diff)}; "
-                         "use space=hf (derived from the model) or a space whose largest choices are the model's")  # fmt: skip
+        raise ValueError(
+            f"space '{space.name}' cannot express {source}: its largest arch has {', '.join(diff)}; use space=hf "
+            "(derived from the model) or a space whose largest choices are the model's"
+        )
 
 
 def supernet_from_pretrained(

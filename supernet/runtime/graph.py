@@ -196,8 +196,8 @@ def _rope_inputs(g: Graph, config: ModelConfig, seq: str | None) -> tuple[str, s
         return None
     zero = g.const([0], np.int64)
     end = seq if seq is not None else g.const([config.tokens()], np.int64)
-    return tuple(g.op("Slice", [g.init(t, name), zero, end, zero]) for t, name in zip(_rope_tables(config),
-                                                                                    ("rope_cos", "rope_sin")))  # fmt: skip
+    cos, sin = _rope_tables(config)
+    return tuple(g.op("Slice", [g.init(t, name), zero, end, zero]) for t, name in ((cos, "cos"), (sin, "sin")))
 
 
 def build_runtime_model(arch: Arch, config: ModelConfig, arrays: dict[str, np.ndarray], plan: Plan) -> onnx.ModelProto:
