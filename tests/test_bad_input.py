@@ -80,7 +80,7 @@ def test_shorter_sequences_are_fine(lm, default_space) -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"task": "audio"}, r"model.task='audio' is not one of \('image', 'lm'\)"),
+        ({"task": "audio"}, r"model.task='audio' is not one of \('image', 'lm', 'text'\)"),
         ({"image_size": 30, "patch_size": 7}, "not divisible by model.patch_size=7"),
         ({"head_dim": 0}, "model.head_dim=0 must be a positive integer"),
         ({"vocab_size": 2.5}, "model.vocab_size=2.5 must be a positive integer"),

@@ -125,10 +125,12 @@ def test_training_mode_gradients_flow_through_quantizers(task_net: Supernet) -> 
     task_net.zero_grad()
     out = task_net(x, arch)
     out.float().pow(2).mean().backward()
-    g = task_net.blocks[0].ffn.fc1.weight.grad
+    grad = task_net.blocks[0].ffn.fc1.weight.grad
     hidden, embed = arch.ffn_hidden(0), arch.embed_dim
-    assert g[:hidden, :embed].abs().sum() > 0
-    assert g[hidden:].abs().sum() == 0 and g[:, embed:].abs().sum() == 0
+    halves = 2 if task_net.config.gated_ffn else 1  # a gated FFN's rows [gate | up] are each sliced like one FFN's
+    for g in grad.view(halves, -1, grad.shape[1]):
+        assert g[:hidden, :embed].abs().sum() > 0
+        assert g[hidden:].abs().sum() == 0 and g[:, embed:].abs().sum() == 0
     assert task_net.blocks[2].ffn.fc1.weight.grad is None or task_net.blocks[2].ffn.fc1.weight.grad.abs().sum() == 0
     task_net.zero_grad(set_to_none=True)
 

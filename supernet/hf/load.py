@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from supernet.config import ModelConfig
+from supernet.hf import quiet_transformers
 from supernet.hf.families import FAMILIES, Family, Sizes, Unsupported, family_of
 from supernet.model import Supernet, build_supernet
 from supernet.space import SearchSpace
@@ -23,6 +24,7 @@ def load_pretrained(source: str) -> torch.nn.Module:
     """The `transformers` model saved at `source` (a directory), or a hub id where the hub is reachable."""
     import transformers
 
+    quiet_transformers()
     path = Path(source).expanduser()
     local = path.is_dir()
     if not local and (source.startswith((".", "/", "~")) or (path.parent.is_dir() and len(path.parts) > 2)):
