@@ -342,6 +342,10 @@ def _write(tmp: Path, out: Path, cfg: DictConfig, job: ExportJob) -> None:
         },
         "preprocessing": (job.meta["info"].get("data") or {}).get("preprocessing"),
     }
+    pretrained = job.meta["info"].get("pretrained")
+    if pretrained:
+        extra["hugging_face"] = write_hf(exported, pretrained, tmp / "hf", x, bool(cfg.hf_pad), cfg.verify.atol)
+        ok = ok and extra["hugging_face"].get("passed", True)
     save_subnet(sub, tmp, extra=json.loads(json.dumps(extra, default=float)))  # same weights; arch.yaml completed
     (tmp / "report.md").write_text(report(arch, extra))
     if not ok:
@@ -351,12 +355,47 @@ def _write(tmp: Path, out: Path, cfg: DictConfig, job: ExportJob) -> None:
         print(
             f"nas-export: {name}: max |Δ| {c['max_abs_diff']:.2e}, argmax agreement {100 * c['argmax_agreement']:.1f} %"
         )
+    if pretrained:
+        print(f"nas-export: {hf_summary(extra['hugging_face'])}")
     print(
         f"nas-export: weights {size} bytes ({size / cost_bytes:.4f} × the cost model's {cost_bytes}), model.onnx "
         f"{extra['size']['onnx_file_bytes']} bytes; latency {lat['runtime_ms']:.3f} ms in ONNX Runtime "
         f"({lat['runtime_float_kernels_ms']:.3f} ms on float kernels, {lat['float_module_ms']:.3f} ms float module)"
     )
     return out
+
+
+def write_hf(
+    module: torch.nn.Module, pretrained: dict[str, Any], out: Path, x: torch.Tensor, pad: bool, atol: float
+) -> dict[str, Any]:
+    """Write the subnet back as a model of the imported family (`save_pretrained`), reload it with `from_pretrained`
+    and compare its logits with the exported module's; or record in one line why the stock config cannot hold it."""
+    from supernet.hf.load import load_pretrained
+    from supernet.hf.save import hf_logits, save_hf, why_not
+
+    arch, head_dim = module.arch, module.config.head_dim
+    reason = why_not(arch, pretrained, head_dim, pad)
+    if reason:
+        return {"written": False, "family": pretrained["family"], "why_not": reason}
+    padded = why_not(arch, pretrained, head_dim) is not None
+    save_hf(module, pretrained, out, pad=padded)
+    back = load_pretrained(str(out))
+    with torch.no_grad():
+        diff = float((hf_logits(back, x) - module(x)).abs().max())
+    params = sum(p.numel() for p in back.parameters())
+    return {"written": True, "dir": out.name, "family": pretrained["family"], "padded": padded, "params": params,
+            "subnet_params": sum(p.numel() for p in module.parameters()), "max_abs_diff": diff,
+            "passed": diff <= atol}  # fmt: skip
+
+
+def hf_summary(hf: dict[str, Any]) -> str:
+    """One line on the Hugging Face directory: what was written, or why not and what was written instead."""
+    if not hf["written"]:
+        return (f"no Hugging Face directory: {hf['why_not']}; wrote this project's model.safetensors and model.onnx "
+                "instead")  # fmt: skip
+    pad = f", zero-padded to the stock config ({hf['params']} parameters, subnet {hf['subnet_params']})"
+    return (f"{hf['family']} directory hf/ (from_pretrained max |Δ| {hf['max_abs_diff']:.2e}"
+            f"{pad if hf['padded'] else ''})")  # fmt: skip
 
 
 def replace_dir(new: Path, out: Path) -> None:
@@ -428,6 +467,11 @@ def report(arch: Arch, extra: dict[str, Any]) -> str:
         "or run `model.onnx` in ONNX Runtime. Inputs use the training preprocessing recorded in arch.yaml.",
         "",
     ]
+    if "hugging_face" in extra:
+        hf = extra["hugging_face"]
+        lines += [f"Hugging Face: {hf_summary(hf)}."]
+        if hf["written"]:
+            lines += [f"Load it with `transformers.{hf['family']}.from_pretrained('<this folder>/hf')`.", ""]
     return "\n".join(lines)
 
 

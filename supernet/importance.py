@@ -14,9 +14,14 @@ function before and after (up to float summation order): attention heads are ind
 layer norm is permutation-equivariant, and per-output-channel weight scales and per-token activation scales move
 with their rows or are permutation-invariant. Call it between training stages, not inside a step: optimizer
 moments are not permuted.
+
+Scores are weight magnitudes by default; `taylor_scores` measures |w · ∂L/∂w| on the user's data instead (what an
+imported pretrained model is reordered by), and `layer_redundancy` ranks whole layers for elastic depth.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -32,30 +37,37 @@ def _take_(t: torch.Tensor, dim: int, perm: torch.Tensor) -> None:
     t.copy_(t.index_select(dim, perm))
 
 
-def _reorder_heads(blk) -> torch.Tensor:
+Score = Callable[[torch.Tensor], torch.Tensor]  # a parameter -> its per-entry importance (same shape)
+
+
+def _magnitude(t: torch.Tensor) -> torch.Tensor:
+    return t.abs()
+
+
+def _reorder_heads(blk, S: Score) -> torch.Tensor:
     """Permute whole key/value groups (one head each without grouped-query attention) with their query heads."""
     qkv, proj, D, r = blk.attn.qkv, blk.attn.proj, blk.attn.head_dim, blk.attn.kv_group
     E, H = proj.weight.shape[0], proj.weight.shape[1] // D
     G = H // r
-    q_w, k_w, v_w = qkv.weight.split((H * D, G * D, G * D))
-    views = [(q_w.view(G, r, D, -1), 0), (k_w.view(G, D, -1), 0), (v_w.view(G, D, -1), 0)]
-    p = proj.weight.view(E, G, r, D)
-    perm = _order(sum(t.abs().flatten(1).sum(1) for t, _ in views) + p.abs().sum(dim=(0, 2, 3)))
+    sizes = (H * D, G * D, G * D)
+    shapes = ((G, r * D, -1), (G, D, -1), (G, D, -1))
+    score = sum(t.reshape(G, -1).sum(1) for t in S(qkv.weight).split(sizes))
+    perm = _order(score + S(proj.weight).view(E, G, r * D).sum(dim=(0, 2)))
+    for t, shape in zip(qkv.weight.split(sizes), shapes, strict=True):
+        _take_(t.view(shape), 0, perm)
     if qkv.bias is not None:
-        q_b, k_b, v_b = qkv.bias.split((H * D, G * D, G * D))
-        views += [(q_b.view(G, r * D), 0), (k_b.view(G, D), 0), (v_b.view(G, D), 0)]
-    for t, dim in [*views, (p, 1)]:
-        _take_(t, dim, perm)
+        for t, shape in zip(qkv.bias.split(sizes), shapes, strict=True):
+            _take_(t.view(shape[:2]), 0, perm)
+    _take_(proj.weight.view(E, G, r * D), 1, perm)
     return perm
 
 
-def _reorder_ffn(blk) -> torch.Tensor:
+def _reorder_ffn(blk, S: Score) -> torch.Tensor:
     fc1, fc2 = blk.ffn.fc1, blk.ffn.fc2
     F = fc2.weight.shape[1]
     halves = fc1.weight.shape[0] // F  # 2 for a gated FFN: gate and up rows move together
-    w1 = fc1.weight.view(halves, F, -1)
-    perm = _order(w1.abs().sum(dim=(0, 2)) + fc2.weight.abs().sum(dim=0))
-    _take_(w1, 1, perm)
+    perm = _order(S(fc1.weight).view(halves, F, -1).sum(dim=(0, 2)) + S(fc2.weight).sum(dim=0))
+    _take_(fc1.weight.view(halves, F, -1), 1, perm)
     if fc1.bias is not None:
         _take_(fc1.bias.view(halves, F), 1, perm)
     _take_(fc2.weight, 1, perm)
@@ -105,11 +117,9 @@ def _channel_tensors(net: Supernet) -> list[tuple[torch.Tensor, int]]:
     return out
 
 
-def _reorder_channels(net: Supernet) -> torch.Tensor:
+def _reorder_channels(net: Supernet, S: Score) -> torch.Tensor:
     tensors = _channel_tensors(net)
-    scores = sum(
-        t.abs().sum(dim=[d for d in range(t.dim()) if d != dim]) if t.dim() > 1 else t.abs() for t, dim in tensors
-    )
+    scores = sum(S(t).sum(dim=[d for d in range(t.dim()) if d != dim]) if t.dim() > 1 else S(t) for t, dim in tensors)
     perm = _order(scores)
     for t, dim in tensors:
         _take_(t, dim, perm)
@@ -117,9 +127,57 @@ def _reorder_channels(net: Supernet) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reorder_by_importance(net: Supernet, channels: bool = True) -> dict[str, object]:
-    """Permute `net`'s units in place (see module docstring); returns the permutations applied."""
-    heads = [_reorder_heads(blk) for blk in net.blocks]
-    ffn = [_reorder_ffn(blk) for blk in net.blocks]
-    embed = _reorder_channels(net) if channels else None
+def reorder_by_importance(
+    net: Supernet, channels: bool = True, scores: dict[str, torch.Tensor] | None = None
+) -> dict[str, object]:
+    """Permute `net`'s units in place (see module docstring); returns the permutations applied. `scores` (parameter
+    name -> per-entry importance, e.g. from `taylor_scores`) replaces the weight magnitudes."""
+    S: Score = _magnitude
+    if scores is not None:
+        by_id = {id(p): scores[n] for n, p in net.named_parameters() if n in scores}
+        S = lambda t: by_id[id(t)] if id(t) in by_id else t.abs()  # noqa: E731
+    heads = [_reorder_heads(blk, S) for blk in net.blocks]
+    ffn = [_reorder_ffn(blk, S) for blk in net.blocks]
+    embed = _reorder_channels(net, S) if channels else None
     return {"num_heads": heads, "mlp": ffn, "embed_dim": embed}
+
+
+def taylor_scores(net: Supernet, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], loss) -> dict[str, torch.Tensor]:
+    """|w · ∂L/∂w| per weight, summed over `batches` at the largest arch: the first-order estimate of how much the
+    loss changes when the weight is removed (Molchanov et al.), measured on the user's data."""
+    was_training = net.training
+    net.eval()
+    net.zero_grad(set_to_none=True)
+    largest = net.space.largest()
+    for x, y in batches:
+        loss(net(x, largest), y).backward()
+    out = {}
+    for n, p in net.named_parameters():
+        if p.grad is not None:
+            out[n] = (p.detach() * p.grad).abs()
+    net.zero_grad(set_to_none=True)
+    net.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def layer_redundancy(net: Supernet, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
+    """Mean cosine similarity of each block's input and output at the largest arch: a block whose output is nearly
+    its input changes little, so elastic depth drops it first (ShortGPT's block influence)."""
+    largest = net.space.largest()
+    sims = torch.zeros(len(net.blocks))
+    n = 0
+    for x, _ in batches:
+        h = net.embed(x, largest)
+        for i, blk in enumerate(net.blocks):
+            out = blk(h, largest.num_heads[i], largest.ffn_hidden(i), largest.w_bits[i], largest.a_bits,
+                      net.config.causal)  # fmt: skip
+            sims[i] += torch.nn.functional.cosine_similarity(h, out, dim=-1).mean()
+            h = out
+        n += 1
+    return (sims / max(n, 1)).tolist()
+
+
+def rank_layers(redundancy: list[float]) -> list[int]:
+    """Block indices from the most to the least important (the least redundant first; ties keep model order)."""
+    return sorted(range(len(redundancy)), key=lambda i: (redundancy[i], i))

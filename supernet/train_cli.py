@@ -33,7 +33,7 @@ from supernet.config import ModelConfig
 from supernet.curves import merge_metrics, plot_curves
 from supernet.space import SearchSpace
 from supernet.train_config import register
-from supernet.training import SupernetModule
+from supernet.training import NO_PRETRAINED, SupernetModule, task_loss
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 register()  # the `train` group's typed schema, before any config is composed
@@ -88,11 +88,28 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     spec = dm.input_spec() if hasattr(dm, "input_spec") else None
     if spec is None:
         raise ValueError(f"data module {cfg.data._target_} has no input_spec(); see README, 'Custom datasets'")
-    space = SearchSpace.from_config(cfg.space)
-    mcfg = model_config(OmegaConf.to_container(cfg.model, resolve=True), spec)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    space_cfg = OmegaConf.to_container(cfg.space, resolve=True)
     train_cfg = OmegaConf.to_container(cfg.train, resolve=True)
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    prepared = None
+    if "pretrained" in model_cfg:  # model=hf: a pretrained Hugging Face model made elastic (supernet/hf/)
+        from supernet.hf.prepare import prepare_pretrained
+
+        prepared = prepare_pretrained(model_cfg, space_cfg, spec, dm.train_dataloader, task_loss)
+        space, mcfg = prepared.net.space, prepared.net.config
+    else:
+        if space_cfg.get("from_pretrained"):
+            raise ValueError("space=hf is derived from a pretrained model: use it with model=hf model.pretrained=<dir>")
+        space = SearchSpace.from_config(space_cfg)
+        mcfg = model_config(model_cfg, spec)
     module = SupernetModule(space.to_dict(), mcfg.to_dict(), train_cfg, data=data_cfg)
+    if prepared is not None:
+        module.net.load_state_dict(prepared.net.state_dict())
+        if module.cfg["teacher"] == "pretrained":
+            module.set_pretrained_teacher(prepared.net)
+    elif module.cfg["teacher"] == "pretrained":
+        raise ValueError(NO_PRETRAINED)
 
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
@@ -153,6 +170,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "data": {"config": data_cfg, "preprocessing": getattr(dm, "preprocessing", dict)()},
             "val_metrics": metrics,
         }
+        if prepared is not None:  # what nas-export needs to write the family back, and how the import ranked units
+            summary["pretrained"] = prepared.info
         save_supernet(run_dir, module.net, info=summary)
         rows = merge_metrics(run_dir / "logs", run_dir / "metrics.csv")
         plot_curves(rows, metric, run_dir / "training_curves.png", title=f"{run_dir.name}: {space.name} space")

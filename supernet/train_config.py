@@ -34,6 +34,9 @@ class TrainConfig:
     kd_temperature: float = 1.0
     kd_weight: float = 1.0  # students: kd_weight × KL(largest ‖ student) + task_weight × task loss
     task_weight: float = 1.0
+    # Whom the students distil from: "largest" (in-place distillation from the largest arch, trained on the labels) or
+    # "pretrained" (the frozen imported model, nas-train model=hf; every arch, the largest included, distils from it)
+    teacher: str = "largest"
     student_reduction: str = "mean"  # mean | sum: how the students' losses combine before adding the teacher's
     # Depth exits (deep supervision): each sampled arch also trains, as extra students distilled from the teacher,
     # every shallower depth of the space, read off the same forward pass (the shared head after block d), nearly
@@ -94,6 +97,10 @@ def resolve_train_config(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]
         (
             out["depth_exits"] in EXIT_MODES,
             f"train.depth_exits={out['depth_exits']!r} is not one of {list(EXIT_MODES)}",
+        ),
+        (
+            out["teacher"] in ("largest", "pretrained"),
+            f"train.teacher={out['teacher']!r} is not one of ['largest', 'pretrained']",
         ),
         (out["exit_weight"] >= 0, f"train.exit_weight={out['exit_weight']} must be >= 0"),
         (out["num_random"] >= 0, f"train.num_random={out['num_random']} must be >= 0"),

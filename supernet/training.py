@@ -29,6 +29,8 @@ from supernet.sampling import build_sampler
 from supernet.space import SearchSpace
 from supernet.train_config import resolve_train_config
 
+NO_PRETRAINED = "train.teacher=pretrained needs a pretrained model: nas-train model=hf model.pretrained=<dir>"
+
 
 def reference_archs(space: SearchSpace, config: ModelConfig, n: int, seed: int = 0) -> dict[str, Arch]:
     """largest, smallest and `n` archs at evenly spaced inner MAC quantiles of a seeded random sample."""
@@ -78,6 +80,22 @@ class SupernetModule(L.LightningModule):
         # kept in the checkpoint, so a resume with other trainer.* limits never rewinds the schedule.
         self.schedule_steps: int | None = None
         self.metric = "acc" if self.model_config.task == "image" else "loss"
+        self._pretrained: list[torch.nn.Module] = []  # in a list: the frozen teacher is neither trained nor saved
+
+    def set_pretrained_teacher(self, teacher: torch.nn.Module) -> None:
+        """Distil every arch from the frozen imported supernet at its largest arch (train.teacher=pretrained).
+        It is rebuilt from the pretrained model on every run, so checkpoints need not hold it."""
+        if self.cfg["teacher"] != "pretrained":
+            raise ValueError("a pretrained teacher needs train.teacher=pretrained")
+        teacher.eval().requires_grad_(False)
+        self._pretrained = [teacher]
+
+    def pretrained_logits(self, x: torch.Tensor) -> torch.Tensor | None:
+        if not self._pretrained:
+            return None
+        teacher = self._pretrained[0]
+        with torch.no_grad():
+            return teacher.to(x.device)(x, teacher.space.largest())
 
     # ---- sampling ---------------------------------------------------------------------------------------------------
 
@@ -121,7 +139,10 @@ class SupernetModule(L.LightningModule):
         picks = self.sampler.picks(self.global_step)
         if self.cfg["check_rank_sync"]:
             self._assert_ranks_agree(picks)
-        total, teacher = 0.0, None
+        if self.cfg["teacher"] == "pretrained" and not self._pretrained:
+            raise ValueError(NO_PRETRAINED)
+        pretrained = self.pretrained_logits(x)
+        total, teacher = 0.0, pretrained
         n_students = sum(p.role == "student" for p in picks)
         # "mean": the students together weigh as much as the teacher; "sum": each weighs as much (BigNAS).
         student_scale = 1.0 / max(n_students, 1) if self.cfg["student_reduction"] == "mean" else 1.0
@@ -130,10 +151,12 @@ class SupernetModule(L.LightningModule):
             depths = self.exit_depths(pick, space)
             outs = self.net.forward_exits(x, pick.arch, depths)
             logits = outs[pick.arch.depth]
-            loss, ce = pick_loss(logits, y, pick.role, teacher, self.cfg)
+            # With a pretrained teacher the largest arch distils from it too, like every student.
+            role = "student" if pretrained is not None else pick.role
+            loss, ce = pick_loss(logits, y, role, teacher, self.cfg)
             if pick.role == "student":
                 loss = loss * student_scale
-            if pick.role == "teacher":
+            if pick.role == "teacher" and pretrained is None:
                 teacher = logits.detach()
             if pick.role != "student":
                 self.log(f"train/ce_{'largest' if pick.role == 'teacher' else 'sampled'}", ce, batch_size=len(y))

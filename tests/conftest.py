@@ -19,10 +19,29 @@ TASK_CONFIGS = {
     "lm": ModelConfig(task="lm", vocab_size=256, block_size=32),
     # The block options of the imported Hugging Face families (supernet/hf/), on this project's spaces:
     "image_vit_cls": ModelConfig(task="image", cls_token=True, pooling="cls", ln_eps=1e-12),  # ViT
-    "text_bert": ModelConfig(task="text", vocab_size=256, block_size=32, num_classes=5, norm_position="post",
-                             pooling="cls", pooler=True, embed_norm=True, token_types=True, final_norm=False),  # BERT
-    "lm_llama": ModelConfig(task="lm", vocab_size=256, block_size=32, norm="rms", activation="silu", gated_ffn=True,
-                            positions="rope", linear_bias=False, head_bias=False),  # Llama (GQA: tests/test_hf.py)
+    "text_bert": ModelConfig(
+        task="text",
+        vocab_size=256,
+        block_size=32,
+        num_classes=5,
+        norm_position="post",
+        pooling="cls",
+        pooler=True,
+        embed_norm=True,
+        token_types=True,
+        final_norm=False,
+    ),  # BERT
+    "lm_llama": ModelConfig(
+        task="lm",
+        vocab_size=256,
+        block_size=32,
+        norm="rms",
+        activation="silu",
+        gated_ffn=True,
+        positions="rope",
+        linear_bias=False,
+        head_bias=False,
+    ),  # Llama (GQA: tests/test_hf.py)
 }
 
 

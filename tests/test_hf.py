@@ -187,14 +187,14 @@ def test_weights_that_do_not_match_their_config(tmp_path) -> None:
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["intermediate_size"] += 4
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="weights do not (match|load into) its config"):
+    with pytest.raises(ValueError, match=r"weights do not (match|load into) its config"):
         load_pretrained(str(tmp_path))
 
 
 def test_a_space_that_cannot_express_the_model() -> None:
     model = tiny_model("vit", 1)
     space = SearchSpace(depth=[1], embed_dim=[8], num_heads=[1], mlp_ratio=[1.0], w_bits=[32])
-    with pytest.raises(ValueError, match=r"space 'custom' cannot express the model: its largest arch has .*use space=hf"):
+    with pytest.raises(ValueError, match=r"space 'custom' cannot express the model: its largest arch has .*space=hf"):
         supernet_from_pretrained(model, space)
 
 

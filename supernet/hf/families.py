@@ -19,8 +19,14 @@ from supernet.config import ModelConfig
 Tensors = dict[str, torch.Tensor]
 
 # transformers' activation names -> the shared forward's (supernet/functional.py ACTIVATIONS)
-ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "silu": "silu",
-               "swish": "silu", "relu": "relu"}  # fmt: skip
+ACTIVATIONS = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "silu": "silu",
+    "swish": "silu",
+    "relu": "relu",
+}
 
 
 class Unsupported(ValueError):
@@ -88,10 +94,17 @@ def _vit_config(c: Any) -> tuple[ModelConfig, Sizes]:
     _divisible(c.hidden_size, c.num_attention_heads)
     _require(c, "qkv_bias", (True,), True)
     mc = ModelConfig(
-        task="image", head_dim=c.hidden_size // c.num_attention_heads, ln_eps=float(c.layer_norm_eps),
-        image_size=int(c.image_size), patch_size=int(c.patch_size), in_channels=int(c.num_channels),
-        num_classes=int(c.num_labels), activation=_act(c, "hidden_act"), cls_token=True, pooling="cls",
-    )  # fmt: skip
+        task="image",
+        head_dim=c.hidden_size // c.num_attention_heads,
+        ln_eps=float(c.layer_norm_eps),
+        image_size=int(c.image_size),
+        patch_size=int(c.patch_size),
+        in_channels=int(c.num_channels),
+        num_classes=int(c.num_labels),
+        activation=_act(c, "hidden_act"),
+        cls_token=True,
+        pooling="cls",
+    )
     return mc, Sizes(c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size)
 
 
@@ -110,8 +123,13 @@ def _vit_in(sd: Tensors, c: Any, s: Sizes) -> Tensors:
         p, q = f"vit.layers.{i}.", f"blocks.{i}."
         for k, v in _qkv(sd, p + "attention.", ("q_proj", "k_proj", "v_proj"), True).items():
             out[q + "qkv." + k] = v
-        for ours, theirs in (("proj", "attention.o_proj"), ("ln1", "layernorm_before"), ("ln2", "layernorm_after"),
-                             ("fc1", "mlp.fc1"), ("fc2", "mlp.fc2")):  # fmt: skip
+        for ours, theirs in (
+            ("proj", "attention.o_proj"),
+            ("ln1", "layernorm_before"),
+            ("ln2", "layernorm_after"),
+            ("fc1", "mlp.fc1"),
+            ("fc2", "mlp.fc2"),
+        ):
             out[q + ours + ".weight"], out[q + ours + ".bias"] = sd[p + theirs + ".weight"], sd[p + theirs + ".bias"]
     return out
 
@@ -136,8 +154,13 @@ def _vit_out(can: Tensors, mc: ModelConfig, depth: int, heads: int) -> Tensors:
         for part in ("weight", "bias"):
             for name, t in zip(("q_proj", "k_proj", "v_proj"), can[q + "qkv." + part].split((n, n, n)), strict=True):
                 out[f"{p}attention.{name}.{part}"] = t
-        for ours, theirs in (("proj", "attention.o_proj"), ("ln1", "layernorm_before"), ("ln2", "layernorm_after"),
-                             ("fc1", "mlp.fc1"), ("fc2", "mlp.fc2")):  # fmt: skip
+        for ours, theirs in (
+            ("proj", "attention.o_proj"),
+            ("ln1", "layernorm_before"),
+            ("ln2", "layernorm_after"),
+            ("fc1", "mlp.fc1"),
+            ("fc2", "mlp.fc2"),
+        ):
             out[p + theirs + ".weight"], out[p + theirs + ".bias"] = can[q + ours + ".weight"], can[q + ours + ".bias"]
     return out
 
@@ -154,16 +177,30 @@ def _bert_config(c: Any) -> tuple[ModelConfig, Sizes]:
     _require(c, "position_embedding_type", ("absolute", None))
     _require(c, "is_decoder", (False, None))
     mc = ModelConfig(
-        task="text", head_dim=c.hidden_size // c.num_attention_heads, ln_eps=float(c.layer_norm_eps),
-        vocab_size=int(c.vocab_size), block_size=int(c.max_position_embeddings), num_classes=int(c.num_labels),
-        norm_position="post", activation=_act(c, "hidden_act"), pooling="cls", pooler=True, embed_norm=True,
-        token_types=True, final_norm=False,
-    )  # fmt: skip
+        task="text",
+        head_dim=c.hidden_size // c.num_attention_heads,
+        ln_eps=float(c.layer_norm_eps),
+        vocab_size=int(c.vocab_size),
+        block_size=int(c.max_position_embeddings),
+        num_classes=int(c.num_labels),
+        norm_position="post",
+        activation=_act(c, "hidden_act"),
+        pooling="cls",
+        pooler=True,
+        embed_norm=True,
+        token_types=True,
+        final_norm=False,
+    )
     return mc, Sizes(c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size)
 
 
-_BERT_LAYER = (("proj", "attention.output.dense"), ("ln1", "attention.output.LayerNorm"),
-               ("fc1", "intermediate.dense"), ("fc2", "output.dense"), ("ln2", "output.LayerNorm"))  # fmt: skip
+_BERT_LAYER = (
+    ("proj", "attention.output.dense"),
+    ("ln1", "attention.output.LayerNorm"),
+    ("fc1", "intermediate.dense"),
+    ("fc2", "output.dense"),
+    ("ln2", "output.LayerNorm"),
+)
 
 
 def _bert_in(sd: Tensors, c: Any, s: Sizes) -> Tensors:
@@ -223,9 +260,14 @@ def _gpt2_config(c: Any) -> tuple[ModelConfig, Sizes]:
         _require(c, attr, (False, None))
     _require(c, "scale_attn_weights", (True,), True)
     mc = ModelConfig(
-        task="lm", head_dim=c.n_embd // c.n_head, ln_eps=float(c.layer_norm_epsilon), vocab_size=int(c.vocab_size),
-        block_size=int(c.n_positions), activation=_act(c, "activation_function"), head_bias=False,
-    )  # fmt: skip
+        task="lm",
+        head_dim=c.n_embd // c.n_head,
+        ln_eps=float(c.layer_norm_epsilon),
+        vocab_size=int(c.vocab_size),
+        block_size=int(c.n_positions),
+        activation=_act(c, "activation_function"),
+        head_bias=False,
+    )
     return mc, Sizes(c.n_layer, c.n_embd, c.n_head, c.n_inner or 4 * c.n_embd)
 
 
@@ -281,19 +323,29 @@ def _llama_config(c: Any) -> tuple[ModelConfig, Sizes]:
         raise Unsupported(f"rope_type={rope.get('rope_type')!r} is not supported; supported: ['default']")
     _require(c, "pretraining_tp", (1, None))
     if c.attention_bias != c.mlp_bias:
-        raise Unsupported(f"attention_bias={c.attention_bias} with mlp_bias={c.mlp_bias} is not supported; "
-                          "supported: both equal")  # fmt: skip
+        raise Unsupported(
+            f"attention_bias={c.attention_bias} with mlp_bias={c.mlp_bias} is not supported; supported: both equal"
+        )
     heads, kv = c.num_attention_heads, c.num_key_value_heads or c.num_attention_heads
     if heads % kv:
         raise Unsupported(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv}")
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
     theta = rope.get("rope_theta", getattr(c, "rope_theta", 10000.0))
     mc = ModelConfig(
-        task="lm", head_dim=int(head_dim), ln_eps=float(c.rms_norm_eps), vocab_size=int(c.vocab_size),
-        block_size=int(c.max_position_embeddings), norm="rms", activation=_act(c, "hidden_act"), gated_ffn=True,
-        positions="rope", rope_theta=float(theta), kv_group=heads // kv, linear_bias=bool(c.attention_bias),
+        task="lm",
+        head_dim=int(head_dim),
+        ln_eps=float(c.rms_norm_eps),
+        vocab_size=int(c.vocab_size),
+        block_size=int(c.max_position_embeddings),
+        norm="rms",
+        activation=_act(c, "hidden_act"),
+        gated_ffn=True,
+        positions="rope",
+        rope_theta=float(theta),
+        kv_group=heads // kv,
+        linear_bias=bool(c.attention_bias),
         head_bias=False,
-    )  # fmt: skip
+    )
     return mc, Sizes(c.num_hidden_layers, c.hidden_size, heads, c.intermediate_size)
 
 
@@ -342,8 +394,13 @@ def _llama_out(can: Tensors, mc: ModelConfig, depth: int, heads: int) -> Tensors
 
 
 def _resize_llama(d: int, e: int, h: int, f: int, g: int) -> dict[str, int]:
-    return {"num_hidden_layers": d, "hidden_size": e, "num_attention_heads": h, "intermediate_size": f,
-            "num_key_value_heads": g}  # fmt: skip
+    return {
+        "num_hidden_layers": d,
+        "hidden_size": e,
+        "num_attention_heads": h,
+        "intermediate_size": f,
+        "num_key_value_heads": g,
+    }
 
 
 FAMILIES = {

@@ -37,8 +37,9 @@ def load_pretrained(source: str) -> torch.nn.Module:
     names = list(getattr(cfg, "architectures", None) or [])
     found = next((n for n in names if n in FAMILIES), None)
     if found is None:
-        raise ValueError(f"{source}: architecture {names or cfg.model_type!r} is not supported; supported: "
-                         f"{', '.join(FAMILIES)}")  # fmt: skip
+        raise ValueError(
+            f"{source}: architecture {names or cfg.model_type!r} is not supported; supported: {', '.join(FAMILIES)}"
+        )
     cls = getattr(transformers, found)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -50,8 +51,10 @@ def load_pretrained(source: str) -> torch.nn.Module:
     bad = {k: sorted(set(v) - tied) for k, v in info.items() if k != "error_msgs" and set(v) - tied}
     if bad or info.get("error_msgs"):
         detail = "; ".join(f"{k}: {', '.join(map(str, v[:3]))}{' …' if len(v) > 3 else ''}" for k, v in bad.items())
-        raise ValueError(f"{source}: the weights do not match its config ({detail or info['error_msgs'][0]}); "
-                         "re-save the model with save_pretrained")  # fmt: skip
+        raise ValueError(
+            f"{source}: the weights do not match its config ({detail or info['error_msgs'][0]}); "
+            "re-save the model with save_pretrained"
+        )
     return model.eval()
 
 
@@ -71,10 +74,16 @@ def _fractions(full: int, fractions: list[float], multiple: int = 1) -> list[int
 
 
 def default_space(
-    mc: ModelConfig, sizes: Sizes, depth_min_fraction: float = 0.5, embed_fraction: list[float] | None = None,
-    heads_fraction: list[float] | None = None, ffn_fraction: list[float] | None = None,
-    w_bits: list[int] | None = None, a_bits: list[int] | None = None, name: str = "hf",
-) -> SearchSpace:  # fmt: skip
+    mc: ModelConfig,
+    sizes: Sizes,
+    depth_min_fraction: float = 0.5,
+    embed_fraction: list[float] | None = None,
+    heads_fraction: list[float] | None = None,
+    ffn_fraction: list[float] | None = None,
+    w_bits: list[int] | None = None,
+    a_bits: list[int] | None = None,
+    name: str = "hf",
+) -> SearchSpace:
     """A space around the pretrained model: depth from about half to all layers, widths as fractions of the full
     ones (whole key/value groups of heads; FFN widths that are integers at every embedding width), and bit-widths.
     Its largest arch is the pretrained model."""
@@ -88,18 +97,31 @@ def default_space(
     # A ratio r = width / E must give an integer FFN at every embedding choice e: keep the e for which it does.
     embeds = [e for e in _fractions(E, embed_fraction) if all(w * e % E == 0 for w in widths)] or [E]
     return SearchSpace(
-        depth=depth, embed_dim=embeds, num_heads=heads, mlp_ratio=[w / E for w in widths],
-        w_bits=w_bits or [2, 4, 8, 32], a_bits=a_bits or [32], name=name,
-    )  # fmt: skip
+        depth=depth,
+        embed_dim=embeds,
+        num_heads=heads,
+        mlp_ratio=[w / E for w in widths],
+        w_bits=w_bits or [2, 4, 8, 32],
+        a_bits=a_bits or [32],
+        name=name,
+    )
 
 
 def check_space(space: SearchSpace, sizes: Sizes, source: str) -> None:
     """One line when `space`'s largest arch is not the pretrained model (so it could not reproduce it)."""
     largest = space.largest()
-    want = {"depth": sizes.depth, "embed_dim": sizes.embed_dim, "num_heads": sizes.num_heads,
-            "ffn width": sizes.ffn_hidden}  # fmt: skip
-    got = {"depth": largest.depth, "embed_dim": largest.embed_dim, "num_heads": largest.num_heads[0],
-           "ffn width": largest.ffn_hidden(0)}  # fmt: skip
+    want = {
+        "depth": sizes.depth,
+        "embed_dim": sizes.embed_dim,
+        "num_heads": sizes.num_heads,
+        "ffn width": sizes.ffn_hidden,
+    }
+    got = {
+        "depth": largest.depth,
+        "embed_dim": largest.embed_dim,
+        "num_heads": largest.num_heads[0],
+        "ffn width": largest.ffn_hidden(0),
+    }
     diff = [f"{k} {got[k]} (the model has {want[k]})" for k in want if got[k] != want[k]]
     if diff:
         raise ValueError(

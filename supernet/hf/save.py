@@ -21,24 +21,32 @@ def why_not(arch: Arch, info: dict[str, Any], head_dim: int, pad: bool = False) 
     if arch.a_bits < 32:
         return f"activation quantization (a_bits={arch.a_bits}) has no {fam.name} equivalent"
     if not pad and (len(set(arch.num_heads)) > 1 or len(set(arch.mlp_ratio)) > 1):
-        return (f"{fam.name}'s config has one head count and one FFN width for all layers and this arch varies "
-                "them (export.hf_pad=true writes an exact zero-padded equivalent)")  # fmt: skip
+        return (
+            f"{fam.name}'s config has one head count and one FFN width for all layers and this arch varies "
+            "them (export.hf_pad=true writes an exact zero-padded equivalent)"
+        )
     if not fam.implicit_head_dim:
         # transformers validates hidden_size % num_attention_heads == 0 even with an explicit head_dim
         if _explicit_heads(arch, kv_group(info, arch)) is None:
             return f"{fam.name}'s config needs hidden_size {arch.embed_dim} divisible by the head count"
         if not pad and arch.embed_dim % arch.num_heads[0]:
-            return (f"{fam.name}'s config needs hidden_size {arch.embed_dim} divisible by the head count "
-                    f"{arch.num_heads[0]} (export.hf_pad=true adds zero heads until it is)")  # fmt: skip
+            return (
+                f"{fam.name}'s config needs hidden_size {arch.embed_dim} divisible by the head count "
+                f"{arch.num_heads[0]} (export.hf_pad=true adds zero heads until it is)"
+            )
     else:
         heads = arch.embed_dim / head_dim
         if max(arch.num_heads) > heads or not heads.is_integer():
-            return (f"{fam.name} derives head_dim = hidden_size / num_attention_heads, and {max(arch.num_heads)} "
-                    f"heads of {head_dim} do not fit width {arch.embed_dim}")  # fmt: skip
+            return (
+                f"{fam.name} derives head_dim = hidden_size / num_attention_heads, and {max(arch.num_heads)} "
+                f"heads of {head_dim} do not fit width {arch.embed_dim}"
+            )
         if not pad and arch.num_heads[0] != heads:
-            return (f"{fam.name} derives head_dim = hidden_size / num_attention_heads: width {arch.embed_dim} "
-                    f"needs {int(heads)} heads of {head_dim}, this arch has {arch.num_heads[0]} "
-                    "(export.hf_pad=true writes an exact zero-padded equivalent)")  # fmt: skip
+            return (
+                f"{fam.name} derives head_dim = hidden_size / num_attention_heads: width {arch.embed_dim} "
+                f"needs {int(heads)} heads of {head_dim}, this arch has {arch.num_heads[0]} "
+                "(export.hf_pad=true writes an exact zero-padded equivalent)"
+            )
     return None
 
 
@@ -50,8 +58,9 @@ def kv_group(info: dict[str, Any], arch: Arch) -> int:
 
 def _explicit_heads(arch: Arch, group: int) -> int | None:
     """Fewest heads, in whole groups, at least the arch's widest layer's, that divide the width (None: none do)."""
-    return next((n for n in range(max(arch.num_heads), arch.embed_dim + 1)
-                 if n % group == 0 and arch.embed_dim % n == 0), None)  # fmt: skip
+    return next(
+        (n for n in range(max(arch.num_heads), arch.embed_dim + 1) if n % group == 0 and arch.embed_dim % n == 0), None
+    )
 
 
 def _export_sizes(arch: Arch, info: dict[str, Any], head_dim: int) -> tuple[int, int]:
@@ -122,7 +131,9 @@ def hf_model(sub: StaticSubnet, info: dict[str, Any], pad: bool = False) -> torc
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (cfg.tie_word_embeddings and k == "lm_head.weight")]
     if missing or unexpected:
-        raise RuntimeError(f"export mapping for {fam.name} is incomplete: missing {missing[:3]}, extra {unexpected[:3]}")
+        raise RuntimeError(
+            f"export mapping for {fam.name} is incomplete: missing {missing[:3]}, extra {unexpected[:3]}"
+        )
     return model
 
 

@@ -1,0 +1,144 @@
+"""`nas-train model=hf`: a pretrained model made ready for elastic fine-tuning on the user's data.
+
+Load it, check that it fits the data (task, input geometry, classes, vocabulary), build the search space (derived
+from the model with `space=hf`, or the user's, which must have the model as its largest arch), import the weights,
+reorder heads, FFN units and embedding channels by importance measured on the data, and rank the layers elastic depth
+drops. The result is deterministic given the model, the data and the seed, so a resumed run rebuilds the same
+supernet (and the same frozen teacher) before its checkpoint is restored.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from supernet.config import ModelConfig
+from supernet.hf.load import (
+    check_space,
+    default_space,
+    describe,
+    load_canonical,
+    load_pretrained,
+    pretrained_info,
+)
+from supernet.importance import layer_redundancy, rank_layers, reorder_by_importance, taylor_scores
+from supernet.model import Supernet, build_supernet
+from supernet.space import SearchSpace
+
+# keys of the `model` group that are not ModelConfig fields
+HF_KEYS = ("pretrained", "importance", "importance_batches", "depth_drop")
+DERIVED_KEYS = ("from_pretrained", "depth_min_fraction", "embed_fraction", "heads_fraction", "ffn_fraction")
+
+
+@dataclass
+class Prepared:
+    """The imported supernet (reordered, its layers ranked) and what the run records about it."""
+
+    net: Supernet
+    info: dict[str, Any]
+
+
+def check_data(mc: ModelConfig, spec: dict[str, Any], source: str) -> ModelConfig:
+    """One line when the data does not fit the model; else the model config with the data's sequence length."""
+    if spec["task"] != mc.task:
+        raise ValueError(
+            f"{source} is a {mc.task!r} model but the data's task is {spec['task']!r}; supported pairs: "
+            "ViT with image data, GPT-2 or Llama with language-modelling data"
+        )
+    if mc.task == "image":
+        want = (mc.in_channels, mc.image_size, mc.num_classes)
+        got = (spec["in_channels"], spec["image_size"], spec["num_classes"])
+        if want != got:
+            raise ValueError(
+                f"{source} takes {want[0]}×{want[1]}×{want[1]} images in {want[2]} classes, the data "
+                f"has {got[0]}×{got[1]}×{got[1]} in {got[2]}; use a model of the data's geometry"
+            )
+        return mc
+    if spec["vocab_size"] != mc.vocab_size:
+        raise ValueError(
+            f"tokenizer/vocabulary mismatch: the data's token ids come from a vocabulary of "
+            f"{spec['vocab_size']}, {source} has {mc.vocab_size} embeddings; use a model trained on this "
+            "data's tokenizer (e.g. byte-level, 256)"
+        )
+    if spec["block_size"] > mc.block_size:
+        raise ValueError(
+            f"data.block_size={spec['block_size']} is longer than the {mc.block_size} positions of "
+            f"{source}; lower data.block_size"
+        )
+    return mc
+
+
+def space_for(space_cfg: dict[str, Any], mc: ModelConfig, sizes) -> SearchSpace:
+    """The derived space (`space=hf`: fractions of the model's sizes) or the user's space as it is."""
+    if not space_cfg.get("from_pretrained"):
+        return SearchSpace.from_config(space_cfg)
+    keys = {k: space_cfg[k] for k in DERIVED_KEYS[1:] if space_cfg.get(k) is not None}
+    return default_space(
+        mc,
+        sizes,
+        w_bits=space_cfg.get("w_bits"),
+        a_bits=space_cfg.get("a_bits"),
+        name=space_cfg.get("name", "hf"),
+        **keys,
+    )
+
+
+def prepare_pretrained(
+    model_cfg: dict[str, Any], space_cfg: dict[str, Any], spec: dict[str, Any], batches_of, loss
+) -> Prepared:
+    """Import `model_cfg["pretrained"]` for training on the data `spec` describes; `batches_of()` yields training
+    batches (for the importance measurements), `loss(logits, y)` is the task loss."""
+    source = model_cfg.get("pretrained")
+    if not source:
+        raise ValueError("model=hf needs model.pretrained=<directory written by save_pretrained, or a hub id>")
+    hf = load_pretrained(str(source))
+    fam, mc, sizes = describe(hf)
+    mc = check_data(mc, spec, str(source))
+    options = {k: v for k, v in model_cfg.items() if k not in HF_KEYS}
+    mc = ModelConfig.from_config({**mc.to_dict(), **options})
+    space = space_for(space_cfg, mc, sizes)
+    check_space(space, sizes, str(source))
+    net = build_supernet(space, mc)
+    load_canonical(net, fam.to_canonical(hf.state_dict(), hf.config, sizes))
+    n = int(model_cfg.get("importance_batches", 4))
+    batches = list(itertools.islice(batches_of(), n))
+    method = model_cfg.get("importance", "taylor")
+    if method not in ("taylor", "weight", "none"):
+        raise ValueError(f"model.importance={method!r} is not one of ['taylor', 'weight', 'none']")
+    if method != "none":
+        scores = taylor_scores(net, batches, loss) if method == "taylor" else None
+        reorder_by_importance(net, scores=scores)
+    drop = model_cfg.get("depth_drop", "last")
+    if drop not in ("last", "importance"):
+        raise ValueError(f"model.depth_drop={drop!r} is not one of ['last', 'importance']")
+    redundancy = layer_redundancy(net, batches)
+    if drop == "importance":
+        ranked = ModelConfig.from_config({**mc.to_dict(), "layer_rank": rank_layers(redundancy)})
+        state = net.state_dict()
+        net = build_supernet(space, ranked)
+        net.load_state_dict(state)
+    info = {
+        **pretrained_info(hf, str(source)),
+        "importance": method,
+        "importance_batches": len(batches),
+        "depth_drop": drop,
+        "layer_redundancy": [round(r, 4) for r in redundancy],
+        "layer_rank": None if net.config.layer_rank is None else list(net.config.layer_rank),
+    }
+    return Prepared(net.eval(), info)
+
+
+def frozen_teacher(net: Supernet) -> Supernet:
+    """A frozen copy of the freshly imported supernet: its largest arch is the pretrained model."""
+    return copy.deepcopy(net).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def agreement(net: Supernet, teacher: Supernet, x: torch.Tensor) -> float:
+    """Max |Δ| of the largest arch against the teacher (0 right after import: the reorder keeps the function)."""
+    largest = net.space.largest()
+    return float((net(x, largest) - teacher(x, largest)).abs().max())
