@@ -72,6 +72,29 @@ def check_data(mc: ModelConfig, spec: dict[str, Any], source: str) -> ModelConfi
     return mc
 
 
+# what a user may set on an imported model: everything else is the model's own math, read from its config
+USER_OPTIONS = ("bit_norms", "max_depth")
+
+
+def model_options(model_cfg: dict[str, Any], mc: ModelConfig, source: str) -> dict[str, Any]:
+    """The `model` group's settings for an imported model; one line for one that contradicts the model's config."""
+    out = {}
+    imported = mc.to_dict()
+    for k, v in model_cfg.items():
+        if k in HF_KEYS:
+            continue
+        if k in USER_OPTIONS:
+            out[k] = v
+        elif k not in imported:
+            raise ValueError(f"model.{k} is not a model option; an imported model takes {list(HF_KEYS + USER_OPTIONS)}")
+        elif v != imported[k]:
+            raise ValueError(
+                f"model.{k}={v!r} contradicts {source}'s config ({imported[k]!r}); remove it: an imported "
+                "model's block math comes from its own config"
+            )
+    return out
+
+
 def space_for(space_cfg: dict[str, Any], mc: ModelConfig, sizes) -> SearchSpace:
     """The derived space (`space=hf`: fractions of the model's sizes) or the user's space as it is."""
     if not space_cfg.get("from_pretrained"):
@@ -98,8 +121,7 @@ def prepare_pretrained(
     hf = load_pretrained(str(source))
     fam, mc, sizes = describe(hf)
     mc = check_data(mc, spec, str(source))
-    options = {k: v for k, v in model_cfg.items() if k not in HF_KEYS}
-    mc = ModelConfig.from_config({**mc.to_dict(), **options})
+    mc = ModelConfig.from_config({**mc.to_dict(), **model_options(model_cfg, mc, str(source))})
     space = space_for(space_cfg, mc, sizes)
     check_space(space, sizes, str(source))
     net = build_supernet(space, mc)

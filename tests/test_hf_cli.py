@@ -1,0 +1,140 @@
+"""`nas-train model=hf` and `nas-export` on a real (tiny) pretrained ViT: trained on digits with nas-hf-pretrain and
+saved with save_pretrained, then imported, fine-tuned elastically from the frozen pretrained teacher, resumed, and
+exported back to a Hugging Face directory."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+
+transformers = pytest.importorskip("transformers")
+
+from export.cli import CONF_DIR as EXPORT_CONF  # noqa: E402
+from export.cli import export_run  # noqa: E402
+from supernet.artifact import load_supernet  # noqa: E402
+from supernet.data import DigitsDataModule  # noqa: E402
+from supernet.extract import extract_subnet  # noqa: E402
+from supernet.hf.load import describe, load_pretrained  # noqa: E402
+from supernet.hf.prepare import check_data, prepare_pretrained  # noqa: E402
+from supernet.hf.pretrain import pretrain  # noqa: E402
+from supernet.hf.save import hf_logits  # noqa: E402
+from supernet.subnet_io import load_subnet  # noqa: E402
+from supernet.train_cli import train  # noqa: E402
+from supernet.training import task_loss  # noqa: E402
+from tests.test_search import MEASURE_OVERRIDES  # noqa: E402
+from tests.test_training import make_cfg  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A 3-layer ViT (hidden 32, 2 heads) trained 10 epochs on digits (about 70 % test accuracy, 7 s) and saved with
+    save_pretrained."""
+    out = tmp_path_factory.mktemp("hf") / "vit"
+    args = argparse.Namespace(family="vit", task="digits", out=str(out), epochs=10, batch_size=32, lr=3e-3,
+                              train_subset=None, limit_train_batches=1.0, patch_size=2, seed=0, hidden=32, layers=3,
+                              heads=2, ffn=64)  # fmt: skip
+    record = pretrain(args)
+    assert record["test"]["test/acc"] > 30  # it learned something: a real pretrained model, not random weights
+    return out
+
+
+def digits_batches(n: int = 2):
+    dm = DigitsDataModule(batch_size=64)
+    dm.setup()
+    it = iter(dm.train_dataloader())
+    return dm, [next(it) for _ in range(n)]
+
+
+def hf_train_cfg(pretrained, *overrides: str):
+    return make_cfg("experiment=hf_smoke", f"model.pretrained={pretrained}", "trainer.enable_progress_bar=false",
+                    "trainer.limit_train_batches=3", "data.val_subset_size=64", *overrides)  # fmt: skip
+
+
+def test_import_reorders_and_ranks_on_the_data_without_changing_the_model(pretrained) -> None:
+    dm, batches = digits_batches()
+    cfg = {"pretrained": str(pretrained), "importance": "taylor", "importance_batches": 2, "depth_drop": "importance"}
+    space = {"from_pretrained": True, "name": "hf", "w_bits": [2, 8, 32], "a_bits": [32]}
+    prep = prepare_pretrained(cfg, space, dm.input_spec(), lambda: iter(batches), task_loss)
+    hf = load_pretrained(str(pretrained))
+    x = batches[0][0]
+    ref = hf_logits(hf, x)
+    with torch.no_grad():
+        out = prep.net(x, prep.net.space.largest())
+    assert (out - ref).abs().max() <= 1e-4 * ref.abs().max()
+    rank = prep.info["layer_rank"]
+    assert sorted(rank) == [0, 1, 2] and prep.net.config.layer_rank == tuple(rank)
+    assert len(prep.info["layer_redundancy"]) == 3 and prep.info["importance"] == "taylor"
+    # A shallower subnet runs the best-ranked layers, and extraction still reproduces it exactly.
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        arch = prep.net.space.sample(rng)
+        with torch.no_grad():
+            assert torch.equal(extract_subnet(prep.net, arch)(x), prep.net(x, arch))
+
+
+def test_fine_tunes_from_the_pretrained_teacher_resumes_and_exports_back(pretrained, tmp_path) -> None:
+    run = tmp_path / "run"
+    first = train(hf_train_cfg(pretrained), run)
+    assert first["pretrained"]["family"] == "ViTForImageClassification"
+    assert first["pretrained"]["source"] == str(pretrained)
+    second = train(hf_train_cfg(pretrained, "trainer.max_epochs=2"), run)  # a resumed run rebuilds the same import
+    assert second["resumed_from"].endswith("last.ckpt") and second["global_step"] == 6
+    net, info = load_supernet(run)
+    assert net.config.cls_token and net.config.pooling == "cls" and info["pretrained"]["config"]["hidden_size"] == 32
+
+    arch_file = tmp_path / "arch.yaml"
+    big = net.space.largest()
+    type(big)(2, big.embed_dim, (1, 2), (big.mlp_ratio[0],) * 2, (8, 32), 32).to_yaml(arch_file)
+    with initialize_config_dir(config_dir=EXPORT_CONF, version_base=None):
+        cfg = compose(config_name="export", overrides=[f"run={run}", f"arch={arch_file}", "hf_pad=true",
+                                                       *MEASURE_OVERRIDES])  # fmt: skip
+    out = export_run(cfg)
+    hf_info = yaml.safe_load((out / "arch.yaml").read_text())["hugging_face"]
+    assert hf_info["written"] and hf_info["padded"] and hf_info["passed"]
+    back = load_pretrained(str(out / "hf"))
+    sub = load_subnet(out)
+    x = digits_batches(1)[1][0][0]
+    with torch.no_grad():
+        assert (hf_logits(back, x) - sub(x)).abs().max() <= 1e-4
+    assert "Hugging Face: ViTForImageClassification directory hf/" in (out / "report.md").read_text()
+
+
+def test_export_without_padding_says_why_in_one_line(pretrained, tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    train(hf_train_cfg(pretrained, "trainer.limit_train_batches=1"), run)
+    net, _ = load_supernet(run)
+    arch_file = tmp_path / "arch.yaml"
+    big = net.space.largest()
+    type(big)(2, big.embed_dim, (1, 2), (big.mlp_ratio[0],) * 2, (32, 32), 32).to_yaml(arch_file)
+    with initialize_config_dir(config_dir=EXPORT_CONF, version_base=None):
+        cfg = compose(config_name="export", overrides=[f"run={run}", f"arch={arch_file}", *MEASURE_OVERRIDES])
+    out = export_run(cfg)
+    assert not (out / "hf").exists()
+    printed = capsys.readouterr().out
+    assert "no Hugging Face directory: ViTForImageClassification's config has one head count" in printed
+    assert "wrote this project's model.safetensors and model.onnx instead" in printed
+
+
+def test_data_that_does_not_fit_the_model_is_refused(pretrained) -> None:
+    _, mc, _ = describe(load_pretrained(str(pretrained)))
+    spec = {"task": "image", "in_channels": 1, "image_size": 28, "num_classes": 10}
+    with pytest.raises(ValueError, match=r"takes 1×8×8 images in 10 classes, the data has 1×28×28 in 10"):
+        check_data(mc, spec, "vit")
+    with pytest.raises(ValueError, match=r"is a 'image' model but the data's task is 'lm'"):
+        check_data(mc, {"task": "lm", "vocab_size": 256, "block_size": 8}, "vit")
+    lm = type(mc)(task="lm", vocab_size=50257, block_size=1024)
+    with pytest.raises(ValueError, match=r"tokenizer/vocabulary mismatch: the data's token ids come from a vocabulary "
+                                         r"of 256, gpt2 has 50257 embeddings"):  # fmt: skip
+        check_data(lm, {"task": "lm", "vocab_size": 256, "block_size": 64}, "gpt2")
+
+
+def test_a_model_option_that_contradicts_the_pretrained_config(pretrained, tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"model.head_dim=8 contradicts .* \(16\); remove it"):
+        train(hf_train_cfg(pretrained, "+model.head_dim=8"), tmp_path / "x")
