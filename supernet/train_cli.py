@@ -96,7 +96,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if "pretrained" in model_cfg:  # model=hf: a pretrained Hugging Face model made elastic (supernet/hf/)
         from supernet.hf.prepare import prepare_pretrained
 
-        prepared = prepare_pretrained(model_cfg, space_cfg, spec, dm.train_dataloader, task_loss)
+        def training_batches():
+            dm.setup("fit")  # idempotent; Lightning calls it again before fitting
+            return dm.train_dataloader()
+
+        prepared = prepare_pretrained(model_cfg, space_cfg, spec, training_batches, task_loss)
         space, mcfg = prepared.net.space, prepared.net.config
     else:
         if space_cfg.get("from_pretrained"):

@@ -45,6 +45,14 @@ TASK_CONFIGS = {
 }
 
 
+OWN_MODELS = ("image", "image_bit_norms", "lm")  # the project's own models; the rest are the imported families' options
+
+
+def own_model(net: torch.nn.Module) -> bool:
+    """Whether `net` is one of this project's own task models (not an imported family's option set)."""
+    return any(net.config == TASK_CONFIGS[k] for k in OWN_MODELS)
+
+
 def randomize(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Random values for every parameter, layer norms and biases included (ones/zeros would hide slicing bugs)."""
     g = torch.Generator().manual_seed(seed)

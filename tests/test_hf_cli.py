@@ -38,8 +38,8 @@ def pretrained(tmp_path_factory):
     save_pretrained."""
     out = tmp_path_factory.mktemp("hf") / "vit"
     args = argparse.Namespace(family="vit", task="digits", out=str(out), epochs=10, batch_size=32, lr=3e-3,
-                              train_subset=None, limit_train_batches=1.0, patch_size=2, seed=0, hidden=32, layers=3,
-                              heads=2, ffn=64)  # fmt: skip
+                              train_subset=None, limit_train_batches=1.0, limit_eval_batches=1.0, patch_size=2, seed=0,
+                              hidden=32, layers=3, heads=2, ffn=64)  # fmt: skip
     record = pretrain(args)
     assert record["test"]["test/acc"] > 30  # it learned something: a real pretrained model, not random weights
     return out
@@ -135,6 +135,51 @@ def test_data_that_does_not_fit_the_model_is_refused(pretrained) -> None:
         check_data(lm, {"task": "lm", "vocab_size": 256, "block_size": 64}, "gpt2")
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model=hf", "space=hf"], r"model=hf needs model.pretrained=<directory written by save_pretrained"),
+        (["space=hf"], "space=hf is derived from a pretrained model: use it with model=hf"),
+        (["train.teacher=pretrained"], "train.teacher=pretrained needs a pretrained model: nas-train model=hf"),
+    ],
+)
+def test_hf_settings_without_a_pretrained_model(overrides, message, tmp_path) -> None:
+    """(The CLI's one-line form of these errors is tested with the other nas-train inputs in test_training.py.)"""
+    with pytest.raises(ValueError, match=message):
+        train(make_cfg("experiment=smoke", *overrides), tmp_path / "x")
+
+
 def test_a_model_option_that_contradicts_the_pretrained_config(pretrained, tmp_path) -> None:
     with pytest.raises(ValueError, match=r"model.head_dim=8 contradicts .* \(16\); remove it"):
         train(hf_train_cfg(pretrained, "+model.head_dim=8"), tmp_path / "x")
+
+
+def test_a_pretrained_llama_on_shakespeare_fine_tunes_and_exports_back(tmp_path) -> None:
+    """The language-model path: a byte-level Llama (RMSNorm, RoPE, SwiGLU, grouped-query attention) pretrained a few
+    steps on Shakespeare, fine-tuned elastically from itself as the teacher, and written back as a LlamaForCausalLM."""
+    pre = tmp_path / "llama"
+    args = argparse.Namespace(family="llama", task="shakespeare", out=str(pre), epochs=1, batch_size=32, lr=3e-3,
+                              train_subset=None, limit_train_batches=8, limit_eval_batches=2, patch_size=1, seed=0,
+                              hidden=32, layers=2, heads=4, ffn=48)  # fmt: skip
+    assert pretrain(args)["family"] == "LlamaForCausalLM"
+    run = tmp_path / "run"
+    cfg = make_cfg("model=hf", "space=hf", "task=shakespeare", f"model.pretrained={pre}", "train.teacher=pretrained",
+                   "model.block_size=32", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+                   "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false", "data.val_subset_size=32",
+                   "space.w_bits=[4,32]")  # fmt: skip
+    summary = train(cfg, run)
+    assert summary["pretrained"]["family"] == "LlamaForCausalLM" and summary["global_step"] == 2
+    net, _ = load_supernet(run)
+    assert net.config.kv_group == 2 and net.config.positions == "rope" and net.config.norm == "rms"
+    arch_file = tmp_path / "arch.yaml"
+    big = net.space.largest()
+    type(big)(1, big.embed_dim, (2,), big.mlp_ratio[:1], (4,), 32).to_yaml(arch_file)
+    with initialize_config_dir(config_dir=EXPORT_CONF, version_base=None):
+        overrides = [f"run={run}", f"arch={arch_file}", "verify.batch=8", "data_overrides.val_subset_size=16"]
+        ecfg = compose(config_name="export", overrides=[*overrides, *MEASURE_OVERRIDES])
+    out = export_run(ecfg)
+    back = load_pretrained(str(out / "hf"))
+    assert back.config.num_hidden_layers == 1 and back.config.num_key_value_heads == 1
+    x = torch.randint(0, 256, (2, 20))
+    with torch.no_grad():
+        assert (hf_logits(back, x) - load_subnet(out)(x)).abs().max() <= 1e-4

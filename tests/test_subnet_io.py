@@ -28,7 +28,7 @@ from supernet.qat import bake_weight_quantizers
 from supernet.space import SUPPORTED_W_BITS
 from supernet.static import StaticSubnet
 from supernet.subnet_io import ARCH_NAME, WEIGHTS_NAME, load_subnet, save_subnet, sha256
-from tests.conftest import ROOT, TASK_CONFIGS, randomize, sample_input
+from tests.conftest import ROOT, TASK_CONFIGS, own_model, randomize, sample_input
 
 N_RANDOM = 50
 
@@ -268,6 +268,11 @@ def onnx_case(task_net, tmp_path, arch: Arch) -> tuple[StaticSubnet, Path]:
 
 def test_onnx_matches_torch_with_dynamic_shapes(task_net, tmp_path) -> None:
     """Exported with batch 2 (LM: 16 tokens); run with other batches (LM: other lengths, up to block_size)."""
+    if not own_model(task_net):
+        pytest.skip(
+            "the float torch.onnx export (not what nas-export ships) is checked on the project's own models; "
+            "the imported families' options ship through the runtime graph (tests/test_runtime.py)"
+        )
     arch = Arch.from_dict(
         {"depth": 3, "embed_dim": 96, "num_heads": [1, 2, 4], "mlp_ratio": [1.0, 2.0, 4.0], "w_bits": [1, 4, 32],
          "a_bits": 32}

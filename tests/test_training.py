@@ -169,10 +169,7 @@ BAD_CLI_INPUT = [
     (["+train.kd_temprature=4"], r"Key 'kd_temprature' not in 'TrainConfig'"),
     (["train.sampler=greedy"], r"train.sampler='greedy' is not one of \['sandwich', 'uniform'\]"),
     (["trainer.max_epochs=abc"], r"Value .abc. of type .str. could not be converted to Integer"),
-    (["model=hf", "space=hf"], r"model=hf needs model.pretrained=<directory written by save_pretrained"),
     (["model=hf", "space=hf", "model.pretrained=/nonexistent/vit"], "no checkpoint directory at /nonexistent/vit"),
-    (["space=hf"], "space=hf is derived from a pretrained model: use it with model=hf"),
-    (["train.teacher=pretrained"], "train.teacher=pretrained needs a pretrained model: nas-train model=hf"),
 ]
 
 

@@ -30,7 +30,7 @@ from supernet.model import Supernet, build_supernet
 from supernet.space import SearchSpace
 
 # keys of the `model` group that are not ModelConfig fields
-HF_KEYS = ("pretrained", "importance", "importance_batches", "depth_drop")
+HF_KEYS = ("pretrained", "importance", "importance_batches", "depth_drop", "block_size")
 DERIVED_KEYS = ("from_pretrained", "depth_min_fraction", "embed_fraction", "heads_fraction", "ffn_fraction")
 
 

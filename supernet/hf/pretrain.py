@@ -139,6 +139,8 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
         enable_model_summary=False,
         gradient_clip_val=1.0,
         limit_train_batches=args.limit_train_batches,
+        limit_val_batches=args.limit_eval_batches,
+        limit_test_batches=args.limit_eval_batches,
     )
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm)
@@ -174,12 +176,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--train-subset", type=int, default=None)
-    ap.add_argument("--limit-train-batches", type=float, default=1.0)
+    ap.add_argument("--limit-train-batches", type=float, default=1.0, help="a fraction, or (> 1) a batch count")
+    ap.add_argument("--limit-eval-batches", type=float, default=1.0, help="validation and test batches, as above")
     ap.add_argument("--patch-size", type=int, default=7)
     ap.add_argument("--seed", type=int, default=0)
     for k, v in SIZES.items():
         ap.add_argument(f"--{k}", type=int, default=v)
     args = ap.parse_args(argv)
+    for name in ("limit_train_batches", "limit_eval_batches"):  # Lightning: a float is a fraction, an int a count
+        v = getattr(args, name)
+        setattr(args, name, int(v) if v > 1 else v)
     try:
         pretrain(args)
     except ValueError as e:
