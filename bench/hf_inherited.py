@@ -78,6 +78,8 @@ def main() -> None:
     torch.manual_seed(0)
     fresh = prepare_pretrained(model_cfg, {**net.space.to_dict()}, dm.input_spec(), dm.train_dataloader, task_loss).net
 
+    if fresh.config.layer_rank != net.config.layer_rank:
+        raise SystemExit(f"fresh import ranked layers {fresh.config.layer_rank}, the run {net.config.layer_rank}")
     hf = load_pretrained(args.pretrained)
     largest = net.space.largest()
     full_macs = arch_costs(largest, net.config).macs

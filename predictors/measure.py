@@ -134,7 +134,7 @@ def device_key(device: torch.device | str) -> str:
 
 
 def _evaluate(model: torch.nn.Module, batches: Sequence, task: str, halves: bool) -> dict:
-    if task == "image":
+    if task != "lm":  # classification: images, or token sequences (task "text")
         hits = torch.cat([(model(x).argmax(-1) == y).double() for x, y in batches])
         out = {"accuracy": 100.0 * float(hits.mean())}
         if halves:

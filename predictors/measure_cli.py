@@ -50,7 +50,7 @@ KERNELS_NAME = "kernels.json"
 
 def quality_columns(task: str) -> list[str]:
     """The task metric first: accuracy (%), or the LM's loss and bits per byte."""
-    return ["accuracy"] if task == "image" else ["loss", "bpc"]
+    return ["loss", "bpc"] if task == "lm" else ["accuracy"]
 
 
 def metric_columns(task: str) -> list[str]:

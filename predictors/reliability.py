@@ -21,7 +21,7 @@ def per_sample_scores(model, batches: Sequence[tuple[torch.Tensor, torch.Tensor]
     out = []
     for x, y in batches:
         logits = model(x)
-        if task == "image":
+        if task != "lm":
             out.append((logits.argmax(-1) == y).float())
         else:
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # (B, T)

@@ -48,7 +48,7 @@ OBJECTIVES: dict[str, Objective] = {
         Objective("bytes", "bytes", "min", "analytic", "B"),
     )
 }
-TASK_METRICS = {"image": ("accuracy",), "lm": ("loss", "bpc")}
+TASK_METRICS = {"image": ("accuracy",), "text": ("accuracy",), "lm": ("loss", "bpc")}
 
 
 def resolve_objectives(names: Sequence[str] | str, task: str) -> list[Objective]:

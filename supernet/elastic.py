@@ -88,9 +88,11 @@ class ElasticAttention(nn.Module):
         proj_w, proj_b = self.proj.materialize(heads * self.head_dim, embed_dim, w_bits)
         return quantize_weight(qkv_w, w_bits), qkv_b, proj_w, proj_b
 
-    def forward(self, x: torch.Tensor, heads: int, w_bits: int, a_bits: int, causal: bool) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, heads: int, w_bits: int, a_bits: int, causal: bool, rope_theta: float | None = None
+    ) -> torch.Tensor:
         w = self.materialize(x.shape[-1], heads, w_bits)
-        return fn.attention(x, *w, heads, self.head_dim, a_bits, causal, self.kv_group)
+        return fn.attention(x, *w, heads, self.head_dim, a_bits, causal, self.kv_group, rope_theta)
 
 
 class ElasticFFN(nn.Module):

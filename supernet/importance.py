@@ -130,7 +130,8 @@ def _reorder_channels(net: Supernet, S: Score) -> torch.Tensor:
 def reorder_by_importance(
     net: Supernet, channels: bool = True, scores: dict[str, torch.Tensor] | None = None
 ) -> dict[str, object]:
-    """Permute `net`'s units in place (see module docstring); returns the permutations applied. `scores` (parameter
+    """Permute `net`'s units in place (see module docstring); returns the permutations applied (under "num_heads",
+    of key/value groups: of heads without grouped-query attention). `scores` (parameter
     name -> per-entry importance, e.g. from `taylor_scores`) replaces the weight magnitudes."""
     S: Score = _magnitude
     if scores is not None:

@@ -100,6 +100,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             dm.setup("fit")  # idempotent; Lightning calls it again before fitting
             return dm.train_dataloader()
 
+        if model_cfg.get("depth_drop") == "importance" and train_cfg.get("depth_exits", "none") != "none":
+            raise ValueError(
+                "train.depth_exits reads shallower depths off one pass, which needs elastic depth to drop the last "
+                "layers: use model.depth_drop=last or train.depth_exits=none"
+            )
         prepared = prepare_pretrained(model_cfg, space_cfg, spec, training_batches, task_loss)
         space, mcfg = prepared.net.space, prepared.net.config
     else:

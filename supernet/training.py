@@ -79,7 +79,7 @@ class SupernetModule(L.LightningModule):
         # The step count the LR schedule and the progressive stages are laid out over: fixed by the first run and
         # kept in the checkpoint, so a resume with other trainer.* limits never rewinds the schedule.
         self.schedule_steps: int | None = None
-        self.metric = "acc" if self.model_config.task == "image" else "loss"
+        self.metric = "loss" if self.model_config.task == "lm" else "acc"
         self._pretrained: list[torch.nn.Module] = []  # in a list: the frozen teacher is neither trained nor saved
 
     def set_pretrained_teacher(self, teacher: torch.nn.Module) -> None:
@@ -229,7 +229,7 @@ class SubnetModule(L.LightningModule):
         self.net = subnet
         self.cfg = resolve_train_config(train)
         self._teacher = [teacher]  # in a list: a teacher module must not become a trained/checkpointed submodule
-        self.metric = "acc" if subnet.config.task == "image" else "loss"
+        self.metric = "loss" if subnet.config.task == "lm" else "acc"
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch

@@ -53,6 +53,12 @@ def own_model(net: torch.nn.Module) -> bool:
     return any(net.config == TASK_CONFIGS[k] for k in OWN_MODELS)
 
 
+def n_archs(net: torch.nn.Module, n: int) -> int:
+    """How many random archs a contract test draws: `n` for the project's own models, a quarter (at least 10) for the
+    imported families' option sets, whose exactness at every size tests/test_hf.py checks against transformers."""
+    return n if own_model(net) else max(10, n // 4)
+
+
 def randomize(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Random values for every parameter, layer norms and biases included (ones/zeros would hide slicing bugs)."""
     g = torch.Generator().manual_seed(seed)

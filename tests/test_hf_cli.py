@@ -171,6 +171,7 @@ def test_a_pretrained_llama_on_shakespeare_fine_tunes_and_exports_back(tmp_path)
     assert summary["pretrained"]["family"] == "LlamaForCausalLM" and summary["global_step"] == 2
     net, _ = load_supernet(run)
     assert net.config.kv_group == 2 and net.config.positions == "rope" and net.config.norm == "rms"
+    assert net.config.block_size == 32  # costs and runtime graph: the data length, not the 64 positions
     arch_file = tmp_path / "arch.yaml"
     big = net.space.largest()
     type(big)(1, big.embed_dim, (2,), big.mlp_ratio[:1], (4,), 32).to_yaml(arch_file)

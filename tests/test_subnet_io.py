@@ -28,7 +28,7 @@ from supernet.qat import bake_weight_quantizers
 from supernet.space import SUPPORTED_W_BITS
 from supernet.static import StaticSubnet
 from supernet.subnet_io import ARCH_NAME, WEIGHTS_NAME, load_subnet, save_subnet, sha256
-from tests.conftest import ROOT, TASK_CONFIGS, own_model, randomize, sample_input
+from tests.conftest import ROOT, TASK_CONFIGS, n_archs, own_model, randomize, sample_input
 
 N_RANDOM = 50
 
@@ -63,7 +63,7 @@ def test_roundtrip_is_exact_and_file_is_cost_model_sized(task_net, tmp_path) -> 
     arrays hold exactly the cost model's bytes and the file only adds a small header."""
     space, config = task_net.space, task_net.config
     rng = np.random.default_rng(123)
-    archs = [space.largest(), space.smallest(), *(space.sample(rng) for _ in range(N_RANDOM))]
+    archs = [space.largest(), space.smallest(), *(space.sample(rng) for _ in range(n_archs(task_net, N_RANDOM)))]
     largest = space.largest()
     archs += [replace(largest, w_bits=(b,) * largest.depth) for b in space.w_bits]
     assert {b for a in archs for b in a.w_bits} == set(space.w_bits) and {a.a_bits for a in archs} == set(space.a_bits)

@@ -225,13 +225,11 @@ def _bert_in(sd: Tensors, c: Any, s: Sizes) -> Tensors:
 
 
 def _bert_out(can: Tensors, mc: ModelConfig, depth: int, heads: int) -> Tensors:
-    e = can["stem.table.weight"].shape[1]
-    types = torch.zeros(2, e, dtype=can["stem.type_row"].dtype)
-    types[0] = can["stem.type_row"]  # segment 1 was never seen in fine-tuning: zero, as for a fresh segment
     out = {
         "bert.embeddings.word_embeddings.weight": can["stem.table.weight"],
         "bert.embeddings.position_embeddings.weight": can["stem.pos"],
-        "bert.embeddings.token_type_embeddings.weight": types,
+        # segment 0 only: the export sizes the table to the config's type_vocab_size (hf/save.py)
+        "bert.embeddings.token_type_embeddings.weight": can["stem.type_row"][None],
         "bert.embeddings.LayerNorm.weight": can["stem.norm.weight"],
         "bert.embeddings.LayerNorm.bias": can["stem.norm.bias"],
         "bert.pooler.dense.weight": can["head.pool.weight"],

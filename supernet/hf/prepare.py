@@ -9,12 +9,9 @@ supernet (and the same frozen teacher) before its checkpoint is restored.
 
 from __future__ import annotations
 
-import copy
 import itertools
 from dataclasses import dataclass
 from typing import Any
-
-import torch
 
 from supernet.config import ModelConfig
 from supernet.hf.load import (
@@ -43,7 +40,8 @@ class Prepared:
 
 
 def check_data(mc: ModelConfig, spec: dict[str, Any], source: str) -> ModelConfig:
-    """One line when the data does not fit the model; else the model config with the data's sequence length."""
+    """One line when the data does not fit the model; else the model config with the data's sequence length (what
+    costs, latency and the runtime graph are sized for: the model's longest context could be 100k positions)."""
     if spec["task"] != mc.task:
         raise ValueError(
             f"{source} is a {mc.task!r} model but the data's task is {spec['task']!r}; supported pairs: "
@@ -69,7 +67,9 @@ def check_data(mc: ModelConfig, spec: dict[str, Any], source: str) -> ModelConfi
             f"data.block_size={spec['block_size']} is longer than the {mc.block_size} positions of "
             f"{source}; lower data.block_size"
         )
-    return mc
+    if mc.task == "text" and spec.get("num_classes") != mc.num_classes:
+        raise ValueError(f"{source} classifies into {mc.num_classes} classes, the data has {spec.get('num_classes')}")
+    return ModelConfig.from_config({**mc.to_dict(), "block_size": int(spec["block_size"])})
 
 
 # what a user may set on an imported model: everything else is the model's own math, read from its config
@@ -118,6 +118,14 @@ def prepare_pretrained(
     source = model_cfg.get("pretrained")
     if not source:
         raise ValueError("model=hf needs model.pretrained=<directory written by save_pretrained, or a hub id>")
+    method, drop = model_cfg.get("importance", "taylor"), model_cfg.get("depth_drop", "last")
+    n = model_cfg.get("importance_batches", 4)
+    if method not in ("taylor", "weight", "none"):
+        raise ValueError(f"model.importance={method!r} is not one of ['taylor', 'weight', 'none']")
+    if drop not in ("last", "importance"):
+        raise ValueError(f"model.depth_drop={drop!r} is not one of ['last', 'importance']")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"model.importance_batches={n!r} must be a positive integer")
     hf = load_pretrained(str(source))
     fam, mc, sizes = describe(hf)
     mc = check_data(mc, spec, str(source))
@@ -125,18 +133,14 @@ def prepare_pretrained(
     space = space_for(space_cfg, mc, sizes)
     check_space(space, sizes, str(source))
     net = build_supernet(space, mc)
-    load_canonical(net, fam.to_canonical(hf.state_dict(), hf.config, sizes))
-    n = int(model_cfg.get("importance_batches", 4))
+    canonical = fam.to_canonical(hf.state_dict(), hf.config, sizes)
+    if "stem.pos" in canonical and mc.task != "image":  # the positions the data uses
+        canonical["stem.pos"] = canonical["stem.pos"][: mc.block_size]
+    load_canonical(net, canonical)
     batches = list(itertools.islice(batches_of(), n))
-    method = model_cfg.get("importance", "taylor")
-    if method not in ("taylor", "weight", "none"):
-        raise ValueError(f"model.importance={method!r} is not one of ['taylor', 'weight', 'none']")
     if method != "none":
         scores = taylor_scores(net, batches, loss) if method == "taylor" else None
         reorder_by_importance(net, scores=scores)
-    drop = model_cfg.get("depth_drop", "last")
-    if drop not in ("last", "importance"):
-        raise ValueError(f"model.depth_drop={drop!r} is not one of ['last', 'importance']")
     redundancy = layer_redundancy(net, batches)
     if drop == "importance":
         ranked = ModelConfig.from_config({**mc.to_dict(), "layer_rank": rank_layers(redundancy)})
@@ -152,15 +156,3 @@ def prepare_pretrained(
         "layer_rank": None if net.config.layer_rank is None else list(net.config.layer_rank),
     }
     return Prepared(net.eval(), info)
-
-
-def frozen_teacher(net: Supernet) -> Supernet:
-    """A frozen copy of the freshly imported supernet: its largest arch is the pretrained model."""
-    return copy.deepcopy(net).eval().requires_grad_(False)
-
-
-@torch.no_grad()
-def agreement(net: Supernet, teacher: Supernet, x: torch.Tensor) -> float:
-    """Max |Δ| of the largest arch against the teacher (0 right after import: the reorder keeps the function)."""
-    largest = net.space.largest()
-    return float((net(x, largest) - teacher(x, largest)).abs().max())

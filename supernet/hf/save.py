@@ -118,6 +118,8 @@ def hf_model(sub: StaticSubnet, info: dict[str, Any], pad: bool = False) -> torc
     cfg = transformers.AutoConfig.for_model(original.pop("model_type"), **original)
     for k, v in fam.resize(arch.depth, arch.embed_dim, heads, ffn, heads // mc.kv_group).items():
         setattr(cfg, k, v)
+    if mc.task != "image" and mc.positions == "learned":  # the table holds the positions fine-tuning used
+        cfg.max_position_embeddings = mc.block_size
     can = {k: v.detach().float().cpu() for k, v in sub.state_dict().items()}
     can = pad_canonical(can, arch, mc.kv_group, mc.head_dim, heads, ffn)
     if mc.task == "lm":
@@ -128,7 +130,15 @@ def hf_model(sub: StaticSubnet, info: dict[str, Any], pad: bool = False) -> torc
         warnings.simplefilter("ignore")
         model = getattr(transformers, fam.name)(cfg).eval()
     state = fam.from_canonical(can, mc, arch.depth, heads)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    types = "bert.embeddings.token_type_embeddings.weight"
+    if types in state:  # segment 0 is the one trained; the other segments' rows start at zero
+        table = state[types].new_zeros(cfg.type_vocab_size, state[types].shape[1])
+        table[0] = state[types][0]
+        state[types] = table
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise ValueError(f"cannot write {fam.name}: {str(e).splitlines()[-1].strip()}") from None
     missing = [k for k in missing if not (cfg.tie_word_embeddings and k == "lm_head.weight")]
     if missing or unexpected:
         raise RuntimeError(
