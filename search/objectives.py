@@ -67,7 +67,8 @@ def resolve_objectives(names: Sequence[str] | str, task: str) -> list[Objective]
 
 
 def _check_task(name: str, task: str) -> None:
-    if any(name in metrics for t, metrics in TASK_METRICS.items() if t != task):
+    measured = {m for metrics in TASK_METRICS.values() for m in metrics}
+    if name in measured and name not in TASK_METRICS.get(task, ()):
         raise ValueError(f"objective {name!r} does not exist for model.task={task!r}; use {list(TASK_METRICS[task])}")
 
 
