@@ -17,8 +17,8 @@ TASK_CONFIGS = {
     "image": ModelConfig(task="image"),
     "image_bit_norms": ModelConfig(task="image", bit_norms=True),  # the ViT as the demo trains it
     "lm": ModelConfig(task="lm", vocab_size=256, block_size=32),
-    # The block options of the imported Hugging Face families (supernet/hf/), on this project's spaces:
-    "image_vit_cls": ModelConfig(task="image", cls_token=True, pooling="cls", ln_eps=1e-12),  # ViT
+    # The block options of the imported Hugging Face families (supernet/hf/), on this project's spaces (the ViT's
+    # CLS token and pooling: tests/test_hf_cli.py extracts and exports random archs of an imported ViT):
     "text_bert": ModelConfig(
         task="text",
         vocab_size=256,

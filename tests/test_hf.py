@@ -104,7 +104,7 @@ def test_every_subnet_exports_back_to_an_equal_hugging_face_model(family: str, s
     net = supernet_from_pretrained(model)
     info = pretrained_info(model, "tiny")
     rng = np.random.default_rng(seed)
-    archs = [net.space.largest(), net.space.smallest(), *(net.space.sample(rng) for _ in range(4))]
+    archs = [net.space.largest(), net.space.smallest(), *(net.space.sample(rng) for _ in range(3))]
     x = inputs(model, seed + 1)
     exported = 0
     for k, arch in enumerate(archs):

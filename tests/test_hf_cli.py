@@ -79,12 +79,19 @@ def test_import_reorders_and_ranks_on_the_data_without_changing_the_model(pretra
             assert torch.equal(extract_subnet(prep.net, arch)(x), prep.net(x, arch))
 
 
-def test_fine_tunes_from_the_pretrained_teacher_resumes_and_exports_back(pretrained, tmp_path) -> None:
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def finetuned(pretrained, tmp_path_factory):
+    """A run fine-tuned for one epoch from the pretrained teacher, then resumed for a second: (run, both summaries)."""
+    run = tmp_path_factory.mktemp("hf_run") / "run"
     first = train(hf_train_cfg(pretrained), run)
+    second = train(hf_train_cfg(pretrained, "trainer.max_epochs=2"), run)  # a resumed run rebuilds the same import
+    return run, first, second
+
+
+def test_fine_tunes_from_the_pretrained_teacher_resumes_and_exports_back(pretrained, finetuned, tmp_path) -> None:
+    run, first, second = finetuned
     assert first["pretrained"]["family"] == "ViTForImageClassification"
     assert first["pretrained"]["source"] == str(pretrained)
-    second = train(hf_train_cfg(pretrained, "trainer.max_epochs=2"), run)  # a resumed run rebuilds the same import
     assert second["resumed_from"].endswith("last.ckpt") and second["global_step"] == 6
     net, info = load_supernet(run)
     assert net.config.cls_token and net.config.pooling == "cls" and info["pretrained"]["config"]["hidden_size"] == 32
@@ -106,15 +113,15 @@ def test_fine_tunes_from_the_pretrained_teacher_resumes_and_exports_back(pretrai
     assert "Hugging Face: ViTForImageClassification directory hf/" in (out / "report.md").read_text()
 
 
-def test_export_without_padding_says_why_in_one_line(pretrained, tmp_path, capsys) -> None:
-    run = tmp_path / "run"
-    train(hf_train_cfg(pretrained, "trainer.limit_train_batches=1"), run)
+def test_export_without_padding_says_why_in_one_line(finetuned, tmp_path, capsys) -> None:
+    run = finetuned[0]
     net, _ = load_supernet(run)
     arch_file = tmp_path / "arch.yaml"
     big = net.space.largest()
     type(big)(2, big.embed_dim, (1, 2), (big.mlp_ratio[0],) * 2, (32, 32), 32).to_yaml(arch_file)
     with initialize_config_dir(config_dir=EXPORT_CONF, version_base=None):
-        cfg = compose(config_name="export", overrides=[f"run={run}", f"arch={arch_file}", *MEASURE_OVERRIDES])
+        overrides = [f"run={run}", f"arch={arch_file}", "name=unpadded", *MEASURE_OVERRIDES]
+        cfg = compose(config_name="export", overrides=overrides)
     out = export_run(cfg)
     assert not (out / "hf").exists()
     printed = capsys.readouterr().out
