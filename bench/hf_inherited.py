@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from supernet.extract import extract_subnet  # noqa: E402
 from supernet.hf.load import load_pretrained  # noqa: E402
 from supernet.hf.prepare import prepare_pretrained  # noqa: E402
 from supernet.hf.save import hf_logits  # noqa: E402
+from supernet.runtime.kernels import cpu_name  # noqa: E402
 from supernet.training import task_loss  # noqa: E402
 
 
@@ -41,16 +41,6 @@ class HF(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return hf_logits(self.model, x)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main() -> None:

@@ -68,10 +68,6 @@ def _qkv(sd: Tensors, prefix: str, names: tuple[str, str, str], bias: bool) -> T
     return out
 
 
-def _split_qkv(t: torch.Tensor, sizes: tuple[int, int, int]) -> tuple[torch.Tensor, ...]:
-    return t.split(sizes)
-
-
 @dataclass(frozen=True)
 class Family:
     """One supported `transformers` architecture class."""
