@@ -14,6 +14,8 @@ space by MACs (smallest, three quantiles, largest):
 
     python bench/train_quality.py                                  # the default recipe and the uniform baseline
     python bench/train_quality.py --variants default exits_all --budget 3
+    python bench/train_quality.py --variants default --seeds 0 1 2  # seed-to-seed spread of the gap
+    python bench/train_quality.py --budget 3 --scratch-budget 1   # a longer-trained supernet vs archs trained alone
     python bench/train_quality.py --list                           # every variant and its overrides
 """
 
@@ -51,6 +53,8 @@ VARIANTS: dict[str, list[str]] = {
     "bit_norms": ["model.bit_norms=true", "train.task_weight=0.5"],
     "bit_norms_lr3e-3": ["model.bit_norms=true", "train.task_weight=0.5", "train.lr=3e-3"],
     "task2": ["train.task_weight=2.0"],
+    "depth_heads": ["model.depth_heads=true"],
+    "depth_heads_exits": ["model.depth_heads=true", "train.depth_exits=teacher"],
 }
 ORDER = ["smallest", "ref1", "ref2", "ref3", "largest"]
 
@@ -115,11 +119,18 @@ def scratch_results(base: list[str], net, archs: dict, dm, test, path: Path) -> 
     return cache
 
 
+def run_dir(out: Path, name: str, seed: int) -> Path:
+    """Where variant `name` trained with `seed` lives (seed 0 keeps the plain name: older runs stay cached)."""
+    return out / (name if seed == 0 else f"{name}_s{seed}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--experiment", default="demo")
     ap.add_argument("--variants", nargs="*", default=["default", "uniform"], help=f"any of {list(VARIANTS)}")
     ap.add_argument("--budget", type=int, default=1, help="multiple of the experiment's epochs")
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0], help="train every variant once per seed")
+    ap.add_argument("--scratch-budget", type=int, default=None, help="the scratch models' budget (default: --budget)")
     ap.add_argument("--out", default="results/bench_quality")
     ap.add_argument("--extra", nargs="*", default=[], help="more Hydra overrides for every training run")
     ap.add_argument("--list", action="store_true", help="print the variants and exit")
@@ -131,67 +142,91 @@ def main() -> None:
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
-    epochs = compose_cfg([f"experiment={args.experiment}"]).trainer.max_epochs * args.budget
-    base = [f"experiment={args.experiment}", "trainer.enable_progress_bar=false", f"trainer.max_epochs={epochs}",
-            *args.extra]  # fmt: skip
+    demo_epochs = compose_cfg([f"experiment={args.experiment}"]).trainer.max_epochs
+    epochs = demo_epochs * args.budget
+    scratch_epochs = demo_epochs * (args.scratch_budget or args.budget)
+
+    def base(n_epochs: int) -> list[str]:
+        return [f"experiment={args.experiment}", "trainer.enable_progress_bar=false", f"trainer.max_epochs={n_epochs}",
+                *args.extra]  # fmt: skip
+
     out = Path(args.out) / f"e{epochs}"
     out.mkdir(parents=True, exist_ok=True)
 
-    nets, seconds = {}, {}
+    nets, seconds = {}, {}  # (variant, seed) -> supernet, training seconds
     for name in args.variants:
-        nets[name], seconds[name] = train_variant(base, name, out / name)
-        print(f"{name}: trained in {seconds[name]:.0f} s")
+        for seed in args.seeds:
+            key = (name, seed)
+            nets[key], seconds[key] = train_variant([*base(epochs), f"seed={seed}"], name, run_dir(out, name, seed))
+            print(f"{name} seed {seed}: trained in {seconds[key]:.0f} s")
 
-    cfg = compose_cfg(base)
+    cfg = compose_cfg(base(epochs))
     dm = instantiate(cfg.data)
     dm.setup()
     test = dm.test_dataloader()
-    first = nets[args.variants[0]]
+    first = nets[(args.variants[0], args.seeds[0])]
     archs = reference_archs(first.space, first.config, 3, seed=cfg.seed)
-    scratch = scratch_results(base, first, archs, dm, test, out / "scratch.json")
+    scratch_dir = Path(args.out) / f"e{scratch_epochs}"
+    scratch_dir.mkdir(parents=True, exist_ok=True)
+    scratch = scratch_results(base(scratch_epochs), first, archs, dm, test, scratch_dir / "scratch.json")
     one_scratch = scratch[archs["largest"].key()]["seconds"]
 
     rows, variants = [], {}
     for name in ORDER:
         arch = archs[name]
         row = {"name": name, "arch": arch.key(), "scratch": scratch[arch.key()]["scratch"]}
-        for v, net in nets.items():
-            row[v] = accuracy(extract_subnet(net, arch), test)
+        for (v, _seed), net in nets.items():
+            row.setdefault(f"{v}_seeds", []).append(accuracy(extract_subnet(net, arch), test))
+        for v in args.variants:
+            row[v] = statistics.mean(row[f"{v}_seeds"])
         for bits in (4, 32):
             if bits in first.space.w_bits:
                 row[f"w{bits}"] = accuracy(extract_subnet(first, replace(arch, w_bits=(bits,) * arch.depth)), test)
         rows.append(row)
-    for v in nets:
-        gaps = [r[v] - r["scratch"] for r in rows]
+    for v in args.variants:
+        per_seed = [statistics.mean(r[f"{v}_seeds"][k] - r["scratch"] for r in rows) for k in range(len(args.seeds))]
+        gaps = [r[v] - r["scratch"] for r in rows]  # of the seeds' mean accuracy
+        secs = statistics.mean(seconds[(v, s)] for s in args.seeds)
         variants[v] = {
             "overrides": VARIANTS[v],
             "mean_gap": statistics.mean(gaps),
+            "mean_gap_sd": statistics.stdev(per_seed) if len(per_seed) > 1 else None,
+            "mean_gap_per_seed": per_seed,
             "worst_gap": min(gaps),
-            "train_seconds": round(seconds[v], 1),
-            "cost_vs_one_scratch": seconds[v] / one_scratch,
+            "train_seconds": round(secs, 1),
+            "cost_vs_one_scratch": secs / one_scratch,
         }
 
-    print(f"\nFashion-MNIST test accuracy (%), {epochs} epochs; scratch = each arch trained alone")
-    print(f"{'arch':58s} {'scratch':>8s} " + " ".join(f"{v[:14]:>14s}" for v in nets))
+    print(f"\nFashion-MNIST test accuracy (%), supernets {epochs} epochs (mean of seeds {args.seeds}); scratch = "
+          f"each arch trained alone, {scratch_epochs} epochs")  # fmt: skip
+    print(f"{'arch':58s} {'scratch':>8s} " + " ".join(f"{v[:14]:>14s}" for v in args.variants))
     for r in rows:
-        print(f"{r['arch']:58s} {r['scratch']:8.2f} " + " ".join(f"{r[v]:14.2f}" for v in nets))
-    print(f"\n{'variant':16s} {'mean gap':>9s} {'worst gap':>9s} {'train s':>8s} {'× one scratch':>14s}")
+        print(f"{r['arch']:58s} {r['scratch']:8.2f} " + " ".join(f"{r[v]:14.2f}" for v in args.variants))
+    head = f"{'mean gap':>9s} {'± sd(seeds)':>11s} {'worst gap':>9s} {'train s':>8s} {'× one scratch':>14s}"
+    print(f"\n{'variant':18s} {head}")
     for v, s in variants.items():
-        print(f"{v:16s} {s['mean_gap']:+9.2f} {s['worst_gap']:+9.2f} {s['train_seconds']:8.0f} "
+        sd = "" if s["mean_gap_sd"] is None else f"{s['mean_gap_sd']:.2f}"
+        print(f"{v:18s} {s['mean_gap']:+9.2f} {sd:>11s} {s['worst_gap']:+9.2f} {s['train_seconds']:8.0f} "
               f"{s['cost_vs_one_scratch']:14.2f}")  # fmt: skip
     w = [r["w4"] - r["w32"] for r in rows if "w4" in r and "w32" in r]
     if w:
         print(f"4-bit - float weights ({args.variants[0]}, inherited): mean {statistics.mean(w):+.2f} points")
-    print(f"one scratch model (the largest arch): {one_scratch:.0f} s; goal: mean gap >= 0, worst >= -1")
+    print(
+        f"one scratch model (the largest arch, {scratch_epochs} epochs): {one_scratch:.0f} s; "
+        "goal: mean gap >= 0, worst >= -1"
+    )
     summary = {
         "experiment": args.experiment,
         "epochs": epochs,
+        "scratch_epochs": scratch_epochs,
+        "seeds": args.seeds,
         "rows": rows,
         "variants": variants,
         "scratch_seconds": {k: v["seconds"] for k, v in scratch.items()},
         "mean_w4_minus_w32": statistics.mean(w) if w else None,
     }
-    (out / "quality.json").write_text(json.dumps(summary, indent=2))
+    name = "quality.json" if scratch_epochs == epochs else f"quality_vs_scratch_e{scratch_epochs}.json"
+    (out / name).write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

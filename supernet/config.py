@@ -42,6 +42,9 @@ class ModelConfig:
     # one LayerNorm affine pair per weight bit-width in each block (Any-Precision's bit-specific norms); the
     # extracted subnet keeps only the pair of each layer's bit-width, so it costs nothing at deployment
     bit_norms: bool = False
+    # one final norm and classifier/LM head per depth choice: a shallow subnet's features need not share the deepest
+    # one's head; the extracted subnet keeps only its own depth's head, so this too costs nothing at deployment
+    depth_heads: bool = False
     # ---- block math (supernet/functional.py): one option per way the supported families differ ----
     norm: str = "layer"  # "layer" (LayerNorm) or "rms" (RMSNorm, weight only: Llama)
     norm_position: str = "pre"  # "pre": x + f(norm(x)); "post": norm(x + f(x)) (BERT)
@@ -84,8 +87,9 @@ class ModelConfig:
             )
         if self.max_depth is not None and (not isinstance(self.max_depth, int) or self.max_depth < 1):
             raise ValueError(f"model.max_depth={self.max_depth!r} must be a positive integer or null")
-        if not isinstance(self.bit_norms, bool):
-            raise ValueError(f"model.bit_norms={self.bit_norms!r} must be true or false")
+        for name in ("bit_norms", "depth_heads"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"model.{name}={getattr(self, name)!r} must be true or false")
         if not self.ln_eps > 0:
             raise ValueError(f"model.ln_eps={self.ln_eps!r} must be > 0")
         for name, allowed in (("norm", NORMS), ("norm_position", NORM_POSITIONS), ("activation", ACTIVATIONS),

@@ -26,18 +26,26 @@ def _init_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
 
 
 class ElasticLinear(nn.Module):
-    """Linear layer of at most `(out_max, in_max)`; a subnet uses the first rows and columns."""
+    """Linear layer of at most `(out_max, in_max)`; a subnet uses the first rows and columns.
 
-    def __init__(self, in_max: int, out_max: int, bias: bool = True) -> None:
+    With `variants` > 1 it holds one such matrix per variant (a `(variants, out_max, in_max)` table) and a subnet
+    picks one: the depth-specific heads.
+    """
+
+    def __init__(self, in_max: int, out_max: int, bias: bool = True, variants: int = 1) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(out_max, in_max))
-        self.bias = nn.Parameter(torch.empty(out_max)) if bias else None
+        lead = (variants,) if variants > 1 else ()
+        self.weight = nn.Parameter(torch.empty(*lead, out_max, in_max))
+        self.bias = nn.Parameter(torch.empty(*lead, out_max)) if bias else None
         _init_linear(self.weight, self.bias)
 
     def materialize(
-        self, in_features: int, out_features: int, w_bits: int = 32
+        self, in_features: int, out_features: int, w_bits: int = 32, variant: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        w, b = slice_linear(self.weight, self.bias, out_features, in_features)
+        w, b = self.weight, self.bias
+        if w.dim() == 3:
+            w, b = w[variant], None if b is None else b[variant]
+        w, b = slice_linear(w, b, out_features, in_features)
         return quantize_weight(w, w_bits), b
 
     def forward(self, x: torch.Tensor, out_features: int, w_bits: int = 32, a_bits: int = 32) -> torch.Tensor:
@@ -216,19 +224,26 @@ class ElasticTokenEmbed(nn.Module):
 
 
 class ElasticHead(nn.Module):
-    """Final norm, optional pooler and output projection reading the first `embed_dim` channels (kept float)."""
+    """Final norm, optional pooler and output projection reading the first `embed_dim` channels (kept float).
 
-    def __init__(self, embed_max: int, out_features: int, eps: float, config: ModelConfig | None = None) -> None:
+    With `variants` > 1 (depth-specific heads) the final norm and the projection hold one copy per variant; the
+    pooler stays shared.
+    """
+
+    def __init__(
+        self, embed_max: int, out_features: int, eps: float, config: ModelConfig | None = None, variants: int = 1
+    ) -> None:
         super().__init__()
         c = config or ModelConfig(ln_eps=eps)
-        self.norm = ElasticLayerNorm(embed_max, eps, kind=c.norm) if c.final_norm else None
+        self.norm = ElasticLayerNorm(embed_max, eps, variants, c.norm) if c.final_norm else None
         # The pooler's output width follows the embedding width, so a subnet's pooler is (e, e).
         self.pool = ElasticLinear(embed_max, embed_max) if c.pooler else None
-        self.fc = ElasticLinear(embed_max, out_features, c.head_bias)
+        self.fc = ElasticLinear(embed_max, out_features, c.head_bias, variants)
+        self.out_features = out_features
 
-    def materialize(self, embed_dim: int) -> fn.HeadWeights:
-        fc_w, fc_b = slice_linear(self.fc.weight, self.fc.bias, self.fc.weight.shape[0], embed_dim)
-        norm = (None, None) if self.norm is None else self.norm.materialize(embed_dim)
+    def materialize(self, embed_dim: int, variant: int = 0) -> fn.HeadWeights:
+        fc_w, fc_b = self.fc.materialize(embed_dim, self.out_features, variant=variant)
+        norm = (None, None) if self.norm is None else self.norm.materialize(embed_dim, variant)
         pool = (None, None)
         if self.pool is not None:
             pool = slice_linear(self.pool.weight, self.pool.bias, embed_dim, embed_dim)

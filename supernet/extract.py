@@ -41,7 +41,7 @@ def extract_subnet(supernet: Supernet, arch: Arch, qat: bool = False) -> StaticS
     _assign(sub.stem.weights(), supernet.stem.materialize(arch.embed_dim))
     for i, blk in enumerate(sub.blocks):
         _assign(blk.weights(), supernet.block_weights(arch, i, quantize=not qat))
-    _assign(sub.head.weights(), supernet.head.materialize(arch.embed_dim))
+    _assign(sub.head.weights(), supernet.head_weights(arch))
     if qat:
         add_weight_quantizers(sub)
     return sub.eval()

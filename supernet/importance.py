@@ -113,7 +113,7 @@ def _channel_tensors(net: Supernet) -> list[tuple[torch.Tensor, int]]:
     # The pooler's output is sliced with the embedding width, so its rows share the channels' permutation.
     if net.head.pool is not None:
         out += _linear_tensors(net.head.pool, True, True)
-    out += [(net.head.fc.weight, 1)]
+    out += [(net.head.fc.weight, net.head.fc.weight.dim() - 1)]  # (variants,) out, in
     return out
 
 

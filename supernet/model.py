@@ -60,8 +60,22 @@ class Supernet(nn.Module):
     def embed(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:
         raise NotImplementedError
 
-    def output(self, h: torch.Tensor, arch: Arch) -> torch.Tensor:
+    def output(self, h: torch.Tensor, head: fn.HeadWeights) -> torch.Tensor:
         raise NotImplementedError
+
+    def head_variants(self) -> int:
+        """Copies of the final norm and head: one per depth choice with `depth_heads`, else one."""
+        return len(self.space.depth) if self.config.depth_heads else 1
+
+    def head_weights(self, arch: Arch, depth: int | None = None) -> fn.HeadWeights:
+        """The head of `arch`, or of its first `depth` layers (a depth exit): with `depth_heads`, that depth's own."""
+        depth = arch.depth if depth is None else depth
+        variant = 0
+        if self.config.depth_heads:
+            if depth not in self.space.depth:
+                raise ValueError(f"depth {depth} has no head of its own; this supernet's depths are {self.space.depth}")
+            variant = self.space.depth.index(depth)
+        return self.head.materialize(arch.embed_dim, variant)
 
     def block_weights(self, arch: Arch, i: int, quantize: bool = True) -> fn.BlockWeights:
         """Sliced, quantized (or, with `quantize=False`, float) tensors of layer `i` of `arch`."""
@@ -94,7 +108,7 @@ class Supernet(nn.Module):
             blk = self.blocks[kept[i]]
             h = blk(h, arch.num_heads[i], arch.ffn_hidden(i), arch.w_bits[i], arch.a_bits, self.config.causal)
             if i + 1 in depths:
-                out[i + 1] = self.output(h, arch)
+                out[i + 1] = self.output(h, self.head_weights(arch, i + 1))
         return out
 
 
@@ -104,7 +118,7 @@ class ViTSupernet(Supernet):
     def __init__(self, space: SearchSpace, config: ModelConfig) -> None:
         super().__init__(space, config)
         self.stem = ElasticPatchEmbed(config.patch_dim, config.num_patches, space.embed_dim[-1], config.cls_token)
-        self.head = ElasticHead(space.embed_dim[-1], config.num_classes, config.ln_eps, config)
+        self.head = ElasticHead(space.embed_dim[-1], config.num_classes, config.ln_eps, config, self.head_variants())
 
     def check_input(self, x: torch.Tensor) -> None:
         fn.check_images(x, self.config.in_channels, self.config.image_size)
@@ -112,8 +126,8 @@ class ViTSupernet(Supernet):
     def embed(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:
         return fn.embed_images(x, self.stem.materialize(arch.embed_dim), self.config.patch_size)
 
-    def output(self, h: torch.Tensor, arch: Arch) -> torch.Tensor:
-        return fn.classify(h, self.head.materialize(arch.embed_dim), self.config)
+    def output(self, h: torch.Tensor, head: fn.HeadWeights) -> torch.Tensor:
+        return fn.classify(h, head, self.config)
 
 
 class LMSupernet(Supernet):
@@ -122,7 +136,7 @@ class LMSupernet(Supernet):
     def __init__(self, space: SearchSpace, config: ModelConfig) -> None:
         super().__init__(space, config)
         self.stem = ElasticTokenEmbed(config.vocab_size, config.block_size, space.embed_dim[-1], config)
-        self.head = ElasticHead(space.embed_dim[-1], config.num_outputs, config.ln_eps, config)
+        self.head = ElasticHead(space.embed_dim[-1], config.num_outputs, config.ln_eps, config, self.head_variants())
 
     def check_input(self, x: torch.Tensor) -> None:
         fn.check_tokens(x, self.config.vocab_size, self.config.block_size)
@@ -130,15 +144,15 @@ class LMSupernet(Supernet):
     def embed(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:
         return fn.embed_tokens(x, self.stem.materialize(arch.embed_dim), self.config)
 
-    def output(self, h: torch.Tensor, arch: Arch) -> torch.Tensor:
-        return fn.lm_logits(h, self.head.materialize(arch.embed_dim), self.config)
+    def output(self, h: torch.Tensor, head: fn.HeadWeights) -> torch.Tensor:
+        return fn.lm_logits(h, head, self.config)
 
 
 class TextClassifierSupernet(LMSupernet):
     """Bidirectional encoder classifying a token sequence (BERT): tokens -> blocks -> pooled -> classes."""
 
-    def output(self, h: torch.Tensor, arch: Arch) -> torch.Tensor:
-        return fn.classify(h, self.head.materialize(arch.embed_dim), self.config)
+    def output(self, h: torch.Tensor, head: fn.HeadWeights) -> torch.Tensor:
+        return fn.classify(h, head, self.config)
 
 
 def build_supernet(space: SearchSpace, config: ModelConfig) -> Supernet:

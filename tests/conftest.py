@@ -41,6 +41,7 @@ TASK_CONFIGS = {
         positions="rope",
         linear_bias=False,
         head_bias=False,
+        depth_heads=True,  # an LM head per depth: the recipe option, on the LM path
     ),  # Llama (GQA: tests/test_hf.py)
 }
 

@@ -1,4 +1,5 @@
-"""Depth exits (deep supervision) and bit-specific norms: what the training recipe adds to the supernet."""
+"""Depth exits (deep supervision), bit-specific norms and depth-specific heads: what the training recipe adds to the
+supernet."""
 
 from __future__ import annotations
 
@@ -87,6 +88,31 @@ def test_bit_norms_are_per_bit_width_and_extract_exactly(default_space) -> None:
         net.blocks[0].norm_variant(3)
 
 
-def test_bit_norms_must_be_a_boolean() -> None:
-    with pytest.raises(ValueError, match=r"model\.bit_norms='maybe' must be true or false"):
-        ModelConfig(task="image", bit_norms="maybe")
+@pytest.mark.parametrize("task", ["image", "lm"])
+def test_depth_heads_are_per_depth_and_extract_exactly(default_space, task) -> None:
+    """With depth_heads each depth choice has its own final norm and head; the extracted subnet keeps its depth's,
+    and a depth exit reads the head of its own depth."""
+    config = ModelConfig(task=task, vocab_size=64, block_size=8, depth_heads=True)
+    net = randomize(build_supernet(default_space, config)).eval()
+    n, e = len(default_space.depth), default_space.embed_dim[-1]
+    assert net.head.fc.weight.shape == (n, config.num_outputs, e)
+    assert net.head.norm.weight.shape == (n, e)
+    rng = np.random.default_rng(3)
+    x = sample_input(config, batch=3)
+    with torch.no_grad():
+        for _ in range(25):
+            arch = default_space.sample(rng)
+            assert torch.equal(extract_subnet(net, arch).eval()(x), net(x, arch)), arch.key()
+        a = default_space.largest()
+        exits = net.forward_exits(x, a, (2, a.depth))
+        assert torch.equal(exits[2], net(x, a.truncate(2)))
+        # The same features under another depth's head give other logits: the heads are not shared.
+        assert not torch.equal(net.head_weights(a, 2).fc_w, net.head_weights(a).fc_w)
+    with pytest.raises(ValueError, match="depth 1 has no head of its own"):
+        net.head_weights(a, 1)
+
+
+@pytest.mark.parametrize("option", ["bit_norms", "depth_heads"])
+def test_recipe_options_must_be_booleans(option: str) -> None:
+    with pytest.raises(ValueError, match=rf"model\.{option}='maybe' must be true or false"):
+        ModelConfig(task="image", **{option: "maybe"})

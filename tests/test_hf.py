@@ -96,6 +96,20 @@ def test_largest_arch_reproduces_the_pretrained_logits(family: str, seed: int) -
     assert (out - ref).abs().max() <= 1e-4 * ref.abs().max()
 
 
+@pytest.mark.parametrize("family", ["vit", "llama"])
+def test_bit_norms_and_depth_heads_start_as_copies_of_the_pretrained_ones(family: str) -> None:
+    """Every depth's head and every bit-width's norms start from the model's: each arch's output is the same as
+    without them."""
+    model = tiny_model(family, 1)  # 3 layers: depths 2 and 3, so two heads
+    plain, copies = supernet_from_pretrained(model), supernet_from_pretrained(model, bit_norms=True, depth_heads=True)
+    assert copies.head.fc.weight.shape[0] == len(copies.space.depth) == 2
+    x = inputs(model, 1)
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        for arch in [copies.space.largest(), *(copies.space.sample(rng) for _ in range(10))]:
+            assert torch.equal(copies(x, arch), plain(x, arch)), arch.key()
+
+
 @pytest.mark.parametrize("family,seed", CASES)
 def test_every_subnet_exports_back_to_an_equal_hugging_face_model(family: str, seed: int, tmp_path) -> None:
     """Random archs (and the smallest): exact-shape export where the stock config expresses the arch, else the

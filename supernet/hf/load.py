@@ -131,11 +131,16 @@ def check_space(space: SearchSpace, sizes: Sizes, source: str) -> None:
 
 
 def supernet_from_pretrained(
-    model: torch.nn.Module, space: SearchSpace | None = None, bit_norms: bool = False, source: str = "the model"
+    model: torch.nn.Module,
+    space: SearchSpace | None = None,
+    bit_norms: bool = False,
+    source: str = "the model",
+    depth_heads: bool = False,
 ) -> Supernet:
-    """The elastic supernet holding `model`'s weights: its largest arch reproduces `model`'s logits."""
+    """The elastic supernet holding `model`'s weights: its largest arch reproduces `model`'s logits. Bit-specific
+    norms and depth-specific heads all start as copies of the model's own."""
     fam, mc, sizes = describe(model)
-    mc = ModelConfig.from_config({**mc.to_dict(), "bit_norms": bit_norms})
+    mc = ModelConfig.from_config({**mc.to_dict(), "bit_norms": bit_norms, "depth_heads": depth_heads})
     space = space or default_space(mc, sizes)
     check_space(space, sizes, source)
     net = build_supernet(space, mc)

@@ -73,7 +73,7 @@ def check_data(mc: ModelConfig, spec: dict[str, Any], source: str) -> ModelConfi
 
 
 # what a user may set on an imported model: everything else is the model's own math, read from its config
-USER_OPTIONS = ("bit_norms", "max_depth")
+USER_OPTIONS = ("bit_norms", "depth_heads", "max_depth")
 
 
 def model_options(model_cfg: dict[str, Any], mc: ModelConfig, source: str) -> dict[str, Any]:
