@@ -55,6 +55,9 @@ VARIANTS: dict[str, list[str]] = {
     "task2": ["train.task_weight=2.0"],
     "depth_heads": ["model.depth_heads=true"],
     "depth_heads_exits": ["model.depth_heads=true", "train.depth_exits=teacher"],
+    # Elastic depth keeps the first and the last block and drops the middle ones (DynaBERT, LayerDrop), instead of
+    # dropping the last blocks: depth 2 runs blocks {0, 5}, 3 runs {0, 3, 5}, 4 {0, 1, 3, 5}, 5 {0, 1, 3, 4, 5}.
+    "spread_depth": ["model.layer_rank=[0,5,3,1,4,2]"],
 }
 ORDER = ["smallest", "ref1", "ref2", "ref3", "largest"]
 
