@@ -116,3 +116,28 @@ def test_depth_heads_are_per_depth_and_extract_exactly(default_space, task) -> N
 def test_recipe_options_must_be_booleans(option: str) -> None:
     with pytest.raises(ValueError, match=rf"model\.{option}='maybe' must be true or false"):
         ModelConfig(task="image", **{option: "maybe"})
+
+
+def test_layer_rank_keeps_the_ranked_blocks_and_extracts_exactly(default_space) -> None:
+    """model.layer_rank on the project's own ViT (the README's end-keeping variant): depth d runs the d best-ranked
+    blocks in model order, and the extracted subnet equals the supernet for random archs."""
+    config = ModelConfig(task="image", bit_norms=True, layer_rank=[0, 5, 3, 1, 4, 2])
+    net = randomize(build_supernet(default_space, config)).eval()
+    assert [config.kept_layers(d) for d in (2, 3, 6)] == [[0, 5], [0, 3, 5], [0, 1, 2, 3, 4, 5]]
+    rng = np.random.default_rng(4)
+    x = sample_input(config, batch=3)
+    with torch.no_grad():
+        for _ in range(25):
+            arch = default_space.sample(rng)
+            sub = extract_subnet(net, arch).eval()
+            assert torch.equal(sub(x), net(x, arch)), arch.key()
+        arch = default_space.smallest()  # depth 2: its second layer holds block 5's weights
+        sub = extract_subnet(net, arch)
+        assert torch.equal(sub.blocks[1].ln1.weight, net.blocks[5].materialize(
+            arch.embed_dim, arch.num_heads[1], arch.ffn_hidden(1), arch.w_bits[1]).ln1_w)  # fmt: skip
+        with pytest.raises(ValueError, match="depth exits need elastic depth to drop the last layers"):
+            net.forward_exits(x, default_space.largest(), (2, 6))
+    with pytest.raises(ValueError, match=r"must be a permutation of 0\.\.n-1"):
+        ModelConfig(task="image", layer_rank=[0, 5, 5, 1, 4, 2])
+    with pytest.raises(ValueError, match="ranks 3 layers but the space is 6 deep"):
+        build_supernet(default_space, ModelConfig(task="image", layer_rank=[0, 2, 1]))
