@@ -58,6 +58,9 @@ VARIANTS: dict[str, list[str]] = {
     # Elastic depth keeps the first and the last block and drops the middle ones (DynaBERT, LayerDrop), instead of
     # dropping the last blocks: depth 2 runs blocks {0, 5}, 3 runs {0, 3, 5}, 4 {0, 1, 3, 5}, 5 {0, 1, 3, 4, 5}.
     "spread_depth": ["model.layer_rank=[0,5,3,1,4,2]"],
+    # Once-for-All's order, compressed to the demo budget: the largest arch alone for the first 10 % of the steps,
+    # then one more elastic dimension every 5 % (depth, width, heads, FFN, weight bits, activation bits).
+    "progressive": ["train.progressive.enabled=true", "train.progressive.stage_ends=[0.1,0.15,0.2,0.25,0.3,0.35,1.0]"],
 }
 ORDER = ["smallest", "ref1", "ref2", "ref3", "largest"]
 

@@ -166,7 +166,11 @@ BAD_CLI_INPUT = [
     (["task=fashion_mnist", "data.data_dir=/nonexistent"], "Fashion-MNIST not found in /nonexistent"),
     (["train.lr=abc"], r"Value 'abc' of type 'str' could not be converted to Float"),
     (["+train.kd_temprature=4"], r"Key 'kd_temprature' not in 'TrainConfig'"),
+]
+# Hydra's own type errors, refused when composing; the same kind of error runs as a process above (train.lr=abc).
+BAD_COMPOSE = [
     (["trainer.max_epochs=abc"], r"Value .abc. of type .str. could not be converted to Integer"),
+    (["train.num_random=two"], r"Value .two. of type .str. could not be converted to Integer"),
 ]
 BAD_INPUT = [
     (["space.depth=[2,8]"], r"space.depth choices \[2, 8\] go beyond model.max_depth=6"),
@@ -208,6 +212,13 @@ def test_cli_bad_input_gives_one_clear_line(bad_cli_results, case: int) -> None:
     assert returncode not in (0, None)
     assert re.search(BAD_CLI_INPUT[case][1], stderr), stderr[-2000:]
     assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD_COMPOSE, ids=[" ".join(o) for o, _ in BAD_COMPOSE])
+def test_bad_override_is_refused_when_composing(overrides, message) -> None:
+    with pytest.raises(Exception) as err:
+        make_cfg("experiment=smoke", *overrides)
+    assert re.search(message, f"{err.value} {err.value.__cause__}"), str(err.value)
 
 
 def test_cli_prints_config_with_cfg_job() -> None:
