@@ -43,13 +43,13 @@ test: setup
 	$(PY) -m pytest
 
 # The whole pipeline on the default dataset: train, measure + fit and audit predictors, search (the search reuses
-# the 200 measured archs and measures 30 more that its predictors choose: the budget counts its own evaluations),
+# the 200 measured archs and measures 40 more that its predictors choose: the budget counts its own evaluations),
 # export the knee point (model.onnx: the deployment graph with low-bit kernels).
 demo: setup
 	$(VENV)/bin/nas-train experiment=demo
 	$(VENV)/bin/nas-measure run=results/demo n_archs=200
 	$(VENV)/bin/nas-fit run=results/demo
-	$(VENV)/bin/nas-search run=results/demo "search.objectives=[accuracy,latency,bytes]" search.budget=30 search.initial=10 search.batch_size=10
+	$(VENV)/bin/nas-search run=results/demo "search.objectives=[accuracy,latency,bytes]" search.budget=40 search.initial=20 search.batch_size=20
 	$(VENV)/bin/nas-export run=results/demo select=knee overwrite=true
 	@echo "demo: results/demo/ (training_curves.png, supernet.safetensors), predictors/ (measurements.csv, report.json, scatter_*.png), search/ (pareto.png, hypervolume.png, pareto.csv, evaluations.csv, search.json), subnets/knee/ (arch.yaml, model.safetensors, model.onnx, report.md)"
 
