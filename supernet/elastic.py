@@ -19,6 +19,11 @@ from supernet.quant import quantize_weight
 from supernet.slicing import slice_columns, slice_gated, slice_linear, slice_qkv, slice_vector
 
 
+def _pick(t: torch.Tensor | None, variant: int, plain_dims: int) -> torch.Tensor | None:
+    """Row `variant` of a per-variant table (a tensor with one more dim than `plain_dims`), else `t` itself."""
+    return t[variant] if t is not None and t.dim() > plain_dims else t
+
+
 def _init_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
     nn.init.trunc_normal_(weight, std=0.02)
     if bias is not None:
@@ -42,10 +47,7 @@ class ElasticLinear(nn.Module):
     def materialize(
         self, in_features: int, out_features: int, w_bits: int = 32, variant: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        w, b = self.weight, self.bias
-        if w.dim() == 3:
-            w, b = w[variant], None if b is None else b[variant]
-        w, b = slice_linear(w, b, out_features, in_features)
+        w, b = slice_linear(_pick(self.weight, variant, 2), _pick(self.bias, variant, 1), out_features, in_features)
         return quantize_weight(w, w_bits), b
 
     def forward(self, x: torch.Tensor, out_features: int, w_bits: int = 32, a_bits: int = 32) -> torch.Tensor:
@@ -70,9 +72,7 @@ class ElasticLayerNorm(nn.Module):
         self.eps, self.kind = eps, kind
 
     def materialize(self, dim: int, variant: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
-        w, b = self.weight, self.bias
-        if w.dim() == 2:
-            w, b = w[variant], None if b is None else b[variant]
+        w, b = _pick(self.weight, variant, 1), _pick(self.bias, variant, 1)
         return slice_vector(w, dim), None if b is None else slice_vector(b, dim)
 
     def forward(self, x: torch.Tensor, variant: int = 0) -> torch.Tensor:
@@ -239,10 +239,9 @@ class ElasticHead(nn.Module):
         # The pooler's output width follows the embedding width, so a subnet's pooler is (e, e).
         self.pool = ElasticLinear(embed_max, embed_max) if c.pooler else None
         self.fc = ElasticLinear(embed_max, out_features, c.head_bias, variants)
-        self.out_features = out_features
 
     def materialize(self, embed_dim: int, variant: int = 0) -> fn.HeadWeights:
-        fc_w, fc_b = self.fc.materialize(embed_dim, self.out_features, variant=variant)
+        fc_w, fc_b = self.fc.materialize(embed_dim, self.fc.weight.shape[-2], variant=variant)  # every output
         norm = (None, None) if self.norm is None else self.norm.materialize(embed_dim, variant)
         pool = (None, None)
         if self.pool is not None:
