@@ -6,6 +6,9 @@ communication, a resumed run draws exactly what the interrupted one would have, 
 
 * `SandwichSampler`: the largest arch (teacher), the smallest, and `num_random` random archs (BigNAS/AttentiveNAS).
   The largest uses the task loss; the others learn from the largest's detached outputs (in-place distillation).
+  With `pool` > 1 each random student comes with a pool of candidates of about the same MACs (AttentiveNAS: a
+  random arch sets the MAC target, its `pool - 1` nearest of `POOL_DRAWS` more random archs join it); the training
+  step then keeps the candidate with the lowest (BestUp) or highest (WorstUp) loss on its batch.
 * `UniformSampler`: one random arch per step, task loss only (single-path one-shot baseline).
 * Progressive shrinking (`stages`): a curriculum after Once-for-All's. Stage k enables the first k dimensions of
   `stages`; the others stay at their largest choice. Stage boundaries are fractions of the total number of steps.
@@ -16,7 +19,8 @@ communication, a resumed run draws exactly what the interrupted one would have, 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -25,6 +29,7 @@ from supernet.arch import Arch
 from supernet.space import GLOBAL_GENES, LAYER_GENES, SearchSpace
 
 DIMENSIONS = GLOBAL_GENES + LAYER_GENES
+POOL_DRAWS = 32  # random archs a student's pool is chosen from (nearest in log MACs to the first draw)
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,7 @@ class Pick:
 
     arch: Arch
     role: str
+    pool: tuple[Arch, ...] = ()  # candidates (`arch` first) the training step chooses among by loss; () = none
 
 
 def restrict(space: SearchSpace, enabled: Sequence[str]) -> SearchSpace:
@@ -81,19 +87,40 @@ class ArchSampler:
 class SandwichSampler(ArchSampler):
     """Largest + smallest + `num_random` random archs per step."""
 
-    def __init__(self, space: SearchSpace, num_random: int = 2, **kwargs) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        num_random: int = 2,
+        pool: int = 1,
+        macs: Callable[[Arch], float] | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(space, **kwargs)
         if num_random < 0:
             raise ValueError(f"train.num_random={num_random} must be >= 0")
-        self.num_random = num_random
+        if pool < 1:
+            raise ValueError(f"train.attentive_pool={pool} must be >= 1")
+        if pool > 1 and macs is None:
+            raise ValueError("a candidate pool needs `macs`, the cost its candidates are matched on")
+        self.num_random, self.pool, self.macs = num_random, pool, macs
 
     def picks(self, step: int) -> list[Pick]:
         sp, rng = self.space_at(step), self.rng(step)
         out = [Pick(sp.largest(), "teacher")]
         if sp.smallest() != sp.largest():
             out.append(Pick(sp.smallest(), "student"))
-        out += [Pick(sp.sample(rng), "student") for _ in range(self.num_random)]
+        for _ in range(self.num_random):
+            arch = sp.sample(rng)
+            out.append(Pick(arch, "student", self.candidates(arch, sp, rng) if self.pool > 1 else ()))
         return out
+
+    def candidates(self, anchor: Arch, space: SearchSpace, rng: np.random.Generator) -> tuple[Arch, ...]:
+        """`anchor` and the `pool - 1` archs nearest to its MACs among `POOL_DRAWS` random ones (AttentiveNAS's
+        FLOPs-conditioned candidates: without the condition, loss alone would always pick the smallest or largest)."""
+        target = math.log(self.macs(anchor))
+        draws = [space.sample(rng) for _ in range(POOL_DRAWS)]
+        draws.sort(key=lambda a: abs(math.log(self.macs(a)) - target))
+        return (anchor, *draws[: self.pool - 1])
 
 
 class UniformSampler(ArchSampler):
@@ -111,5 +138,6 @@ def build_sampler(name: str, space: SearchSpace, **kwargs) -> ArchSampler:
     if name not in SAMPLERS:
         raise ValueError(f"train.sampler={name!r} is not one of {sorted(SAMPLERS)}")
     if name == "uniform":
-        kwargs.pop("num_random", None)
+        for key in ("num_random", "pool", "macs"):
+            kwargs.pop(key, None)
     return SAMPLERS[name](space, **kwargs)

@@ -13,6 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 from supernet.sampling import DIMENSIONS, SAMPLERS
 
 EXIT_MODES = ("none", "teacher", "all")
+ATTENTIVE_MODES = ("none", "best", "worst")
 
 
 @dataclass
@@ -34,9 +35,16 @@ class TrainConfig:
     kd_temperature: float = 1.0
     kd_weight: float = 1.0  # students: kd_weight × KL(largest ‖ student) + task_weight × task loss
     task_weight: float = 1.0
+    kd_divergence: str = "kl"  # kl | alpha (AlphaNet's adaptive α-divergence, α in {-1, 1}, clipped)
     # Whom the students distil from: "largest" (in-place distillation from the largest arch, trained on the labels) or
     # "pretrained" (the frozen imported model, nas-train model=hf; every arch, the largest included, distils from it)
     teacher: str = "largest"
+    # Loss-aware students (AttentiveNAS): each random student is the candidate with the lowest ("best", BestUp) or
+    # highest ("worst", WorstUp) loss on the batch among `attentive_pool` archs of about the same MACs; none: uniform.
+    attentive: str = "none"
+    attentive_pool: int = 3
+    # NASViT: remove from the other archs' summed gradient its component against the largest arch's, where they conflict
+    grad_projection: bool = False
     student_reduction: str = "mean"  # mean | sum: how the students' losses combine before adding the teacher's
     # Depth exits (deep supervision): each sampled arch also trains, as extra students distilled from the teacher,
     # every shallower depth of the space, read off the same forward pass (the shared head after block d), nearly
@@ -102,6 +110,15 @@ def resolve_train_config(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]
             out["teacher"] in ("largest", "pretrained"),
             f"train.teacher={out['teacher']!r} is not one of ['largest', 'pretrained']",
         ),
+        (
+            out["kd_divergence"] in ("kl", "alpha"),
+            f"train.kd_divergence={out['kd_divergence']!r} is not one of ['kl', 'alpha']",
+        ),
+        (
+            out["attentive"] in ATTENTIVE_MODES,
+            f"train.attentive={out['attentive']!r} is not one of {list(ATTENTIVE_MODES)}",
+        ),
+        (out["attentive_pool"] >= 1, f"train.attentive_pool={out['attentive_pool']} must be >= 1"),
         (out["exit_weight"] >= 0, f"train.exit_weight={out['exit_weight']} must be >= 0"),
         (out["num_random"] >= 0, f"train.num_random={out['num_random']} must be >= 0"),
         (out["kd_temperature"] > 0, f"train.kd_temperature={out['kd_temperature']} must be > 0"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import replace
 from typing import Any
 
 import lightning as L
@@ -23,9 +24,9 @@ import torch.nn.functional as F
 
 from supernet.arch import Arch
 from supernet.config import ModelConfig
-from supernet.costs import spread_by_macs
+from supernet.costs import arch_costs, spread_by_macs
 from supernet.model import build_supernet
-from supernet.sampling import build_sampler
+from supernet.sampling import Pick, build_sampler
 from supernet.space import SearchSpace
 from supernet.train_config import resolve_train_config
 
@@ -52,13 +53,45 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
     return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature**2
 
 
+ALPHAS = (-1.0, 1.0)  # AlphaNet's α- and α+
+ALPHA_CLIP = 5.0  # AlphaNet's clip of the importance weight (p/q)^α
+
+
+def alpha_divergence(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """AlphaNet's adaptive α-divergence (Wang et al. 2021): per sample the larger of D_α(p ‖ q) for α in `ALPHAS`
+    (p teacher, q student; α=1 is KL(p ‖ q), α=-1 also punishes a student surer than its teacher), with the
+    importance weight (p/q)^α clipped at `ALPHA_CLIP` so that a near-zero teacher probability cannot blow the
+    gradient up. Its value is the divergence; its gradient is AlphaNet's clipped surrogate. Scaled by T²."""
+    log_q = F.log_softmax(student.reshape(-1, student.shape[-1]).float() / temperature, dim=-1)
+    log_p = F.log_softmax(teacher.reshape(-1, teacher.shape[-1]).float() / temperature, dim=-1).detach()
+    q, p, log_ratio = log_q.exp().detach(), log_p.exp(), log_p - log_q.detach()
+    values, surrogates = [], []
+    for a in ALPHAS:
+        if abs(a - 1.0) < 1e-3:  # KL(p ‖ q); q·(p/q) = p
+            values.append((p * log_ratio).sum(-1))
+            surrogates.append(-(p * log_q).sum(-1))
+            continue
+        weight = torch.exp(a * log_ratio).clamp(max=ALPHA_CLIP)  # (p/q)^α
+        base = 1.0 / (a * (a - 1.0))
+        values.append((q * (weight - 1.0)).sum(-1) * base)
+        surrogates.append(-(q * (weight / a + base) * log_q).sum(-1))
+    larger = values[0] > values[1]
+    value, surrogate = torch.where(larger, values[0], values[1]), torch.where(larger, surrogates[0], surrogates[1])
+    # The divergence's value with the surrogate's gradient.
+    return (value + surrogate - surrogate.detach()).mean() * temperature**2
+
+
+DIVERGENCES = {"kl": distill_loss, "alpha": alpha_divergence}
+
+
 def pick_loss(
     logits: torch.Tensor, target: torch.Tensor, role: str, teacher: torch.Tensor | None, cfg: dict[str, Any]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, task loss) of one subnet: students distil from `teacher` plus a weighted task loss."""
     ce = task_loss(logits, target)
     if role == "student" and teacher is not None:
-        return cfg["kd_weight"] * distill_loss(logits, teacher, cfg["kd_temperature"]) + cfg["task_weight"] * ce, ce
+        kd = DIVERGENCES[cfg["kd_divergence"]](logits, teacher, cfg["kd_temperature"])
+        return cfg["kd_weight"] * kd + cfg["task_weight"] * ce, ce
     return ce, ce
 
 
@@ -130,6 +163,8 @@ class SupernetModule(L.LightningModule):
             stages=stages,
             stage_ends=prog.get("stage_ends"),
             total_steps=self.total_steps(),
+            pool=self.cfg["attentive_pool"] if self.cfg["attentive"] != "none" else 1,
+            macs=lambda a: arch_costs(a, self.model_config).macs,
         )
 
     # ---- training ---------------------------------------------------------------------------------------------------
@@ -142,12 +177,15 @@ class SupernetModule(L.LightningModule):
         if self.cfg["teacher"] == "pretrained" and not self._pretrained:
             raise ValueError(NO_PRETRAINED)
         pretrained = self.pretrained_logits(x)
-        total, teacher = 0.0, pretrained
+        # The largest arch's own loss and everything else, kept apart for train.grad_projection.
+        largest, rest, teacher = 0.0, 0.0, pretrained
         n_students = sum(p.role == "student" for p in picks)
         # "mean": the students together weigh as much as the teacher; "sum": each weighs as much (BigNAS).
         student_scale = 1.0 / max(n_students, 1) if self.cfg["student_reduction"] == "mean" else 1.0
         space = self.sampler.space_at(self.global_step)
         for pick in picks:
+            if pick.pool:
+                pick = self.choose(pick, x, y, teacher)
             depths = self.exit_depths(pick, space)
             outs = self.net.forward_exits(x, pick.arch, depths)
             logits = outs[pick.arch.depth]
@@ -160,12 +198,16 @@ class SupernetModule(L.LightningModule):
                 teacher = logits.detach()
             if pick.role != "student":
                 self.log(f"train/ce_{'largest' if pick.role == 'teacher' else 'sampled'}", ce, batch_size=len(y))
-            total = total + loss
+            if pick.role == "teacher":
+                largest = largest + loss
+            else:
+                rest = rest + loss
             # One arch's exits together weigh `exit_weight` sampled students; they distil from the full teacher.
             exits = depths[:-1]
             for d in exits:
                 exit_loss, _ = pick_loss(outs[d], y, "student", teacher, self.cfg)
-                total = total + exit_loss * (student_scale * self.cfg["exit_weight"] / len(exits))
+                rest = rest + exit_loss * (student_scale * self.cfg["exit_weight"] / len(exits))
+        total = largest + rest
         # One host sync per step (not per subnet); under DDP all ranks agree, so they all stop instead of one hanging.
         bad = not bool(torch.isfinite(total))
         if self._trainer is not None:
@@ -177,7 +219,35 @@ class SupernetModule(L.LightningModule):
                 "lower train.lr, keep trainer.gradient_clip_val set, or train in precision=32-true"
             )
         self.log("train/loss", total, prog_bar=True, batch_size=len(y))
+        if self.cfg["grad_projection"] and torch.is_grad_enabled() and torch.is_tensor(largest):
+            return self.projected(largest, rest)
         return total
+
+    def projected(self, largest: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+        """NASViT's gradient projection: where the other archs' summed gradient conflicts with the largest arch's
+        (negative dot product), its component along the largest's is removed. Returned as a loss whose value is the
+        step's loss and whose gradient is the projected one, so Lightning's backward, clipping and DDP reduction
+        apply unchanged (under DDP each rank projects its own gradients before they are averaged)."""
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        g_big = torch.autograd.grad(largest, params, allow_unused=True, materialize_grads=True)
+        g_rest = torch.autograd.grad(rest, params, allow_unused=True, materialize_grads=True)
+        dot = sum((a * b).sum() for a, b in zip(g_big, g_rest, strict=True))
+        norm = sum((a * a).sum() for a in g_big)
+        # rest' = rest - c·big with c = min(dot, 0)/|big|²; the step's gradient big + rest' = (1 - c)·big + rest.
+        c = torch.clamp(dot, max=0.0) / torch.clamp(norm, min=1e-30)
+        self.log("train/projection", -c, batch_size=1)
+        surrogate = sum((p * ((1 - c) * a + b)).sum() for p, a, b in zip(params, g_big, g_rest, strict=True))
+        return (largest + rest).detach() + surrogate - surrogate.detach()
+
+    def choose(self, pick: Pick, x: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor | None) -> Pick:
+        """AttentiveNAS: the candidate of `pick.pool` with the lowest (BestUp) or highest (WorstUp) student loss on
+        this batch, scored without gradients."""
+        with torch.no_grad():
+            losses = torch.stack([pick_loss(self.net(x, a), y, "student", teacher, self.cfg)[0] for a in pick.pool])
+        if self._trainer is not None:  # DDP: every rank scores its own batch; the mean makes them choose alike
+            losses = self.trainer.strategy.reduce(losses, reduce_op="mean")
+        k = int(losses.argmin() if self.cfg["attentive"] == "best" else losses.argmax())
+        return replace(pick, arch=pick.pool[k], pool=())
 
     def exit_depths(self, pick, space: SearchSpace) -> tuple[int, ...]:
         """Depths `pick` trains in this step: its own, plus the space's shallower depths when exits are on."""

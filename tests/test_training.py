@@ -294,8 +294,9 @@ def test_custom_data_module_plugs_in_through_target(tmp_path) -> None:
     assert summary["global_step"] == 3
 
 
-def test_progressive_shrinking_run(tmp_path) -> None:
-    summary = train(make_cfg(*FAST, "train.progressive.enabled=true"), tmp_path / "ps")
+@pytest.mark.parametrize("overrides", [["train.progressive.enabled=true"], ["train.attentive=worst"]])
+def test_sampling_variants_run(tmp_path, overrides) -> None:
+    summary = train(make_cfg(*FAST, *overrides), tmp_path / "run")
     assert summary["global_step"] == 3
 
 
