@@ -247,7 +247,10 @@ class SupernetModule(L.LightningModule):
         if self._trainer is not None:  # DDP: every rank scores its own batch; the mean makes them choose alike
             losses = self.trainer.strategy.reduce(losses, reduce_op="mean")
         k = int(losses.argmin() if self.cfg["attentive"] == "best" else losses.argmax())
-        return replace(pick, arch=pick.pool[k], pool=())
+        chosen = replace(pick, arch=pick.pool[k], pool=())
+        if self.cfg["check_rank_sync"]:
+            self._assert_ranks_agree([chosen])
+        return chosen
 
     def exit_depths(self, pick, space: SearchSpace) -> tuple[int, ...]:
         """Depths `pick` trains in this step: its own, plus the space's shallower depths when exits are on."""

@@ -290,7 +290,8 @@ def test_onnx_matches_torch_with_dynamic_shapes(task_net, tmp_path) -> None:
         assert np.abs(got - want.numpy()).max() <= 1e-4, (batch, seq)
 
 
-@pytest.mark.parametrize("task_net", ["lm"], indirect=True)  # the LM has the most rounding sites per input
+# The image model: the LM's torch.onnx export takes 18-35 s on 2 cores (dynamo's decompositions), the ViT's a third.
+@pytest.mark.parametrize("task_net", ["image"], indirect=True)
 def test_onnx_matches_torch_with_quantized_activations(task_net, tmp_path) -> None:
     """Rounding activations amplifies last-bit differences between runtimes into quantization steps: ONNX Runtime is
     held to nas-export's verify.atol_quantized_act (1e-2) there, the reloaded torch module stays exact."""

@@ -162,13 +162,12 @@ def _cli(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.Complet
 # one that nas-train raises itself (missing data), to check each ends in one line. The rest of
 # nas-train's own errors are checked in process (BAD_INPUT): each process costs seconds of imports.
 BAD_CLI_INPUT = [
-    (["task=imagenet"], "Could not find 'task/imagenet'"),
-    (["task=fashion_mnist", "data.data_dir=/nonexistent"], "Fashion-MNIST not found in /nonexistent"),
     (["train.lr=abc"], r"Value 'abc' of type 'str' could not be converted to Float"),
-    (["+train.kd_temprature=4"], r"Key 'kd_temprature' not in 'TrainConfig'"),
+    (["task=fashion_mnist", "data.data_dir=/nonexistent"], "Fashion-MNIST not found in /nonexistent"),
 ]
-# Hydra's own type errors, refused when composing; the same kind of error runs as a process above (train.lr=abc).
+# Hydra's own errors, refused when composing; the same kind of error runs as a process above (train.lr=abc).
 BAD_COMPOSE = [
+    (["task=imagenet"], "Could not find 'task/imagenet'"),
     (["trainer.max_epochs=abc"], r"Value .abc. of type .str. could not be converted to Integer"),
     (["train.num_random=two"], r"Value .two. of type .str. could not be converted to Integer"),
 ]
@@ -179,6 +178,7 @@ BAD_INPUT = [
     (["model=lm"], "model.task='lm' does not fit the data's task 'image'; use model=vit"),
     (["data._target_=nowhere.Data"], r"cannot build the data module data._target_=nowhere.Data"),
     (["train.sampler=greedy"], r"train.sampler='greedy' is not one of \['sandwich', 'uniform'\]"),
+    (["+train.kd_temprature=4"], r"Key 'kd_temprature' not in 'TrainConfig'"),
 ]
 
 
@@ -228,9 +228,11 @@ def test_cli_prints_config_with_cfg_job() -> None:
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_stay_in_sync(tmp_path) -> None:
-    """2 gloo processes: every step's archs are all-gathered and compared (train.check_rank_sync)."""
+    """2 gloo processes: every step's archs are all-gathered and compared (train.check_rank_sync), with the options
+    that need the ranks to agree: loss-aware students (each rank scores its own batch) and gradient projection."""
     run = tmp_path / "ddp"
-    res = _cli(*FAST, "trainer=ddp", "train.check_rank_sync=true", f"hydra.run.dir={run}")
+    rules = ["train.attentive=worst", "train.grad_projection=true"]
+    res = _cli(*FAST, "trainer=ddp", "train.check_rank_sync=true", *rules, f"hydra.run.dir={run}")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "DDP ranks sampled different archs" not in res.stderr
     meta = read_metadata(run)

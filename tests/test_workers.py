@@ -96,7 +96,7 @@ def test_two_workers_share_one_study(run, study_url, tmp_path) -> None:
 def test_a_worker_killed_mid_measurement_loses_nothing(run, postgres, tmp_path, monkeypatch) -> None:
     """kill -9 of a worker while it measures: its trial is failed by the heartbeat, another worker measures that
     arch, and the study ends with every arch counted once."""
-    url, out, budget = postgres.create_database("killed"), tmp_path / "out", 8
+    url, out, budget = postgres.create_database("killed"), tmp_path / "out", 7
     args = worker_args(out, url, budget, "search.optuna.heartbeat_interval=1", "search.optuna.grace_period=3")
     build_search(search_cfg(run, *args))
     env = {**ONE_THREAD_ENV, LOCK_DIR_ENV: str(tmp_path / "locks")}
