@@ -190,25 +190,26 @@ def test_bad_input_is_one_value_error(overrides, message, tmp_path) -> None:
 
 
 @pytest.fixture(scope="module")
-def bad_cli_results(tmp_path_factory) -> list[tuple[str, str]]:
-    """(returncode, stderr) of `nas-train` on each bad input, as real processes started together (most of their time
-    is importing torch)."""
-    tmp = tmp_path_factory.mktemp("bad_cli")
+def cli_runs(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    """`nas-train` as real processes, started together (most of their time is importing torch): each bad input
+    (BAD_CLI_INPUT) and `--cfg job`."""
+    tmp = tmp_path_factory.mktemp("cli")
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-
-    def start(i: int, overrides: list[str]) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "supernet.train_cli", "experiment=smoke", f"hydra.run.dir={tmp / f'run{i}'}"]
-        return subprocess.Popen([*cmd, *overrides], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)  # fmt: skip
-
-    procs = [start(i, overrides) for i, (overrides, _) in enumerate(BAD_CLI_INPUT)]
-    stderrs = [p.communicate(timeout=600)[1] for p in procs]
-    return [(p.returncode, err) for p, err in zip(procs, stderrs, strict=True)]
+    runs = {f"bad{i}": [f"hydra.run.dir={tmp / f'run{i}'}", *o] for i, (o, _) in enumerate(BAD_CLI_INPUT)}
+    runs["cfg_job"] = ["--cfg", "job"]
+    cmd = [sys.executable, "-m", "supernet.train_cli", "experiment=smoke"]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    procs = {name: subprocess.Popen([*cmd, *args], cwd=ROOT, env=env, **pipes) for name, args in runs.items()}
+    out = {}
+    for name, p in procs.items():
+        stdout, stderr = p.communicate(timeout=600)
+        out[name] = subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
+    return out
 
 
 @pytest.mark.parametrize("case", range(len(BAD_CLI_INPUT)), ids=[" ".join(o) for o, _ in BAD_CLI_INPUT])
-def test_cli_bad_input_gives_one_clear_line(bad_cli_results, case: int) -> None:
-    returncode, stderr = bad_cli_results[case]
+def test_cli_bad_input_gives_one_clear_line(cli_runs, case: int) -> None:
+    returncode, stderr = cli_runs[f"bad{case}"].returncode, cli_runs[f"bad{case}"].stderr
     assert returncode not in (0, None)
     assert re.search(BAD_CLI_INPUT[case][1], stderr), stderr[-2000:]
     assert "Traceback" not in stderr
@@ -221,8 +222,8 @@ def test_bad_override_is_refused_when_composing(overrides, message) -> None:
     assert re.search(message, f"{err.value} {err.value.__cause__}"), str(err.value)
 
 
-def test_cli_prints_config_with_cfg_job() -> None:
-    res = _cli("experiment=smoke", "--cfg", "job")
+def test_cli_prints_config_with_cfg_job(cli_runs) -> None:
+    res = cli_runs["cfg_job"]
     assert res.returncode == 0 and "sampler: sandwich" in res.stdout and "run_name: smoke" in res.stdout
 
 
