@@ -58,14 +58,14 @@ VARIANTS: dict[str, list[str]] = {
     # Elastic depth keeps the first and the last block and drops the middle ones (DynaBERT, LayerDrop), instead of
     # dropping the last blocks: depth 2 runs blocks {0, 5}, 3 runs {0, 3, 5}, 4 {0, 1, 3, 5}, 5 {0, 1, 3, 4, 5}.
     "spread_depth": ["model.layer_rank=[0,5,3,1,4,2]"],
-    # Once-for-All's order, compressed to the demo budget: the largest arch alone for the first 10 % of the steps,
-    # then one more elastic dimension every 5 % (depth, width, heads, FFN, weight bits, activation bits).
     "student_sum": ["train.student_reduction=sum"],
     "student_half": ["train.kd_weight=0.5", "train.task_weight=0.5"],
     "attentive_best": ["train.attentive=best"],
     "attentive_worst": ["train.attentive=worst"],
     "alpha_divergence": ["train.kd_divergence=alpha"],
     "grad_projection": ["train.grad_projection=true"],
+    # Once-for-All's order, compressed to the demo budget: the largest arch alone for the first 10 % of the steps,
+    # then one more elastic dimension every 5 % (depth, width, heads, FFN, weight bits, activation bits).
     "progressive": ["train.progressive.enabled=true", "train.progressive.stage_ends=[0.1,0.15,0.2,0.25,0.3,0.35,1.0]"],
 }
 ORDER = ["smallest", "ref1", "ref2", "ref3", "largest"]

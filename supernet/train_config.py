@@ -14,6 +14,7 @@ from supernet.sampling import DIMENSIONS, SAMPLERS
 
 EXIT_MODES = ("none", "teacher", "all")
 ATTENTIVE_MODES = ("none", "best", "worst")
+KD_DIVERGENCES = ("kl", "alpha")  # supernet.training.DIVERGENCES implements each
 
 
 @dataclass
@@ -111,8 +112,8 @@ def resolve_train_config(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]
             f"train.teacher={out['teacher']!r} is not one of ['largest', 'pretrained']",
         ),
         (
-            out["kd_divergence"] in ("kl", "alpha"),
-            f"train.kd_divergence={out['kd_divergence']!r} is not one of ['kl', 'alpha']",
+            out["kd_divergence"] in KD_DIVERGENCES,
+            f"train.kd_divergence={out['kd_divergence']!r} is not one of {list(KD_DIVERGENCES)}",
         ),
         (
             out["attentive"] in ATTENTIVE_MODES,
