@@ -7,7 +7,12 @@ halvings) for:
 * the accuracy label as `nas-measure` records it (validation halves of 2,500 images);
 * twice as many images per half (test halves of 5,000): what more validation images would buy;
 * smoother per-image scores (probability and log-probability of the true class), and how well each ranks the archs'
-  *test* accuracy, the thing a label stands for.
+  *test* accuracy, the thing a label stands for;
+* what a predictor learns from each label: every predictor candidate's out-of-fold predictions (5-fold CV over the
+  archs, as `nas-fit` selects them) against its own label and against the archs' test accuracy. A label is better
+  for the search if the predictor fitted on it ranks unseen archs' test accuracy better.
+
+Per-image scores are cached next to the run (`<run>/label_scores.npz`), so a rerun only refits the predictors.
 
     python bench/label_reliability.py --run results/demo [--n-archs 200] [--out bench/results/label_reliability.json]
 """
@@ -22,9 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.stats import kendalltau
+from sklearn.model_selection import KFold, cross_val_predict
 
+from predictors.features import FeatureEncoder
 from predictors.measure import candidate_archs, fixed_batches
 from predictors.measure_cli import build_data
+from predictors.models import CANDIDATES, _serial_quiet
 from predictors.reliability import split_half_tau
 from supernet.artifact import load_supernet
 
@@ -44,6 +52,36 @@ def scores(net, arch, batches) -> dict[str, np.ndarray]:
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
 
+def cached_scores(net, archs, val, test, path: Path) -> tuple[list[dict], list[dict], float]:
+    """Per-image scores of every arch on the validation and test images, from `path` when it holds these archs."""
+    keys = [a.key() for a in archs]
+    if path.is_file():
+        z = np.load(path, allow_pickle=False)
+        if list(z["keys"]) == keys and z["val_accuracy"].shape[1] == sum(len(y) for _, y in val):
+            split = lambda p: [{k: z[f"{p}_{k}"][i] for k in SCORES} for i in range(len(keys))]  # noqa: E731
+            return split("val"), split("test"), float(z["seconds"])
+    t0 = time.perf_counter()
+    v = [scores(net, a, val) for a in archs]
+    t = [scores(net, a, test) for a in archs]
+    seconds = time.perf_counter() - t0
+    arrays = {f"{p}_{k}": np.stack([s[k] for s in rows]) for p, rows in (("val", v), ("test", t)) for k in SCORES}
+    np.savez(path, keys=np.array(keys), seconds=seconds, **arrays)
+    return v, t, seconds
+
+
+def predictor_taus(net, archs, labels: np.ndarray, test_acc: np.ndarray, seed: int = 0) -> dict[str, dict]:
+    """Each predictor candidate's out-of-fold τ against its own label and against test accuracy (5-fold CV)."""
+    X = FeatureEncoder(net.space, net.config).transform(archs)
+    folds = KFold(n_splits=5, shuffle=True, random_state=seed)
+    out = {}
+    for name, make in CANDIDATES.items():
+        with _serial_quiet():
+            oof = cross_val_predict(make(seed), X, labels, cv=folds)
+        out[name] = {"own_label": float(kendalltau(oof, labels).statistic),
+                     "test_accuracy": float(kendalltau(oof, test_acc).statistic)}  # fmt: skip
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", default="results/demo")
@@ -56,12 +94,10 @@ def main() -> None:
     dm.setup()
     val, test = fixed_batches(dm.val_subset_dataloader()), fixed_batches(dm.test_dataloader())
     archs = candidate_archs(net.space, args.n_archs, seed=0)
-    t0 = time.perf_counter()
-    v = [scores(net, a, val) for a in archs]
-    t = [scores(net, a, test) for a in archs]
+    v, t, seconds = cached_scores(net, archs, val, test, Path(args.run) / "label_scores.npz")
     test_acc = np.array([s["accuracy"].mean() for s in t])
     result = {"run": args.run, "n_archs": len(archs), "val_images": args.val_images, "test_images": len(dm.test),
-              "seconds": round(time.perf_counter() - t0, 1), "scores": {}}  # fmt: skip
+              "seconds": round(seconds, 1), "scores": {}}  # fmt: skip
     acc = 100 * np.array([s["accuracy"].mean() for s in v])
     result["val_accuracy_range"] = [float(acc.min()), float(acc.max())]
     result["val_accuracy_sd"] = float(acc.std())
@@ -76,6 +112,15 @@ def main() -> None:
         print(f"{k:10s} {half_val[0]:11.3f} ± {half_val[1]:.3f} {half_test[0]:12.3f} ± {half_test[1]:.3f} "
               f"{vs_test:23.3f}")  # fmt: skip
     print(f"(val halves: {args.val_images // 2} images each; test halves: {len(dm.test) // 2} each)")
+    print("\npredictors fitted on each validation label, out-of-fold Kendall τ (5-fold CV over the archs):")
+    print(f"{'label':10s} " + " ".join(f"{n + ' own/test':>16s}" for n in CANDIDATES) + f" {'selected':>14s}")
+    for k in SCORES:
+        taus = predictor_taus(net, archs, np.stack([s[k] for s in v]).mean(1), test_acc)
+        best = max(taus, key=lambda n: taus[n]["own_label"])  # what nas-fit would select on this label
+        result["scores"][k]["predictors"] = taus
+        result["scores"][k]["selected"] = best
+        cells = " ".join(f"{taus[n]['own_label']:7.3f}/{taus[n]['test_accuracy']:.3f}".rjust(16) for n in CANDIDATES)
+        print(f"{k:10s} {cells} {best:>5s} {taus[best]['test_accuracy']:.3f}".rstrip())
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
 

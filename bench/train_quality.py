@@ -38,7 +38,6 @@ from supernet.artifact import load_supernet
 from supernet.train_cli import CONF_DIR, train
 from supernet.training import SubnetModule, reference_archs
 
-# Recipes compared by the ablation (README, "Training quality"); overrides on top of `--experiment`.
 # Recipes compared by the ablation (README, "Training quality"); overrides on top of `--experiment`, spelled out in
 # full so each variant keeps its meaning when the defaults change.
 PREVIOUS = ["model.bit_norms=false", "train.task_weight=0.5"]  # the recipe before this ablation set the defaults
@@ -64,6 +63,8 @@ VARIANTS: dict[str, list[str]] = {
     "attentive_worst": ["train.attentive=worst"],
     "alpha_divergence": ["train.kd_divergence=alpha"],
     "grad_projection": ["train.grad_projection=true"],
+    "no_smallest": ["train.smallest_fraction=0.0"],
+    "smallest_half": ["train.smallest_fraction=0.5"],
     # Once-for-All's order, compressed to the demo budget: the largest arch alone for the first 10 % of the steps,
     # then one more elastic dimension every 5 % (depth, width, heads, FFN, weight bits, activation bits).
     "progressive": ["train.progressive.enabled=true", "train.progressive.stage_ends=[0.1,0.15,0.2,0.25,0.3,0.35,1.0]"],

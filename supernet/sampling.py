@@ -6,6 +6,8 @@ communication, a resumed run draws exactly what the interrupted one would have, 
 
 * `SandwichSampler`: the largest arch (teacher), the smallest, and `num_random` random archs (BigNAS/AttentiveNAS).
   The largest uses the task loss; the others learn from the largest's detached outputs (in-place distillation).
+  With `smallest_fraction` < 1 the smallest trains only in that fraction of the steps (drawn per step); in the
+  others one more random arch takes its place, so every step trains as many archs.
   With `pool` > 1 each random student comes with a pool of candidates of about the same MACs (AttentiveNAS: a
   random arch sets the MAC target, its `pool - 1` nearest of `POOL_DRAWS` more random archs join it); the training
   step then keeps the candidate with the lowest (BestUp) or highest (WorstUp) loss on its batch.
@@ -91,6 +93,7 @@ class SandwichSampler(ArchSampler):
         self,
         space: SearchSpace,
         num_random: int = 2,
+        smallest_fraction: float = 1.0,
         pool: int = 1,
         macs: Callable[[Arch], float] | None = None,
         **kwargs,
@@ -98,18 +101,22 @@ class SandwichSampler(ArchSampler):
         super().__init__(space, **kwargs)
         if num_random < 0:
             raise ValueError(f"train.num_random={num_random} must be >= 0")
+        if not 0 <= smallest_fraction <= 1:
+            raise ValueError(f"train.smallest_fraction={smallest_fraction} must be in [0, 1]")
         if pool < 1:
             raise ValueError(f"train.attentive_pool={pool} must be >= 1")
         if pool > 1 and macs is None:
             raise ValueError("a candidate pool needs `macs`, the cost its candidates are matched on")
-        self.num_random, self.pool, self.macs = num_random, pool, macs
+        self.num_random, self.smallest_fraction, self.pool, self.macs = num_random, smallest_fraction, pool, macs
 
     def picks(self, step: int) -> list[Pick]:
         sp, rng = self.space_at(step), self.rng(step)
+        # Drawn only when it can come out both ways, so the default draws exactly the archs it always drew.
+        smallest = self.smallest_fraction >= 1 or rng.random() < self.smallest_fraction
         out = [Pick(sp.largest(), "teacher")]
-        if sp.smallest() != sp.largest():
+        if sp.smallest() != sp.largest() and smallest:
             out.append(Pick(sp.smallest(), "student"))
-        for _ in range(self.num_random):
+        for _ in range(self.num_random + (not smallest)):
             arch = sp.sample(rng)
             out.append(Pick(arch, "student", self.candidates(arch, sp, rng) if self.pool > 1 else ()))
         return out
@@ -138,6 +145,6 @@ def build_sampler(name: str, space: SearchSpace, **kwargs) -> ArchSampler:
     if name not in SAMPLERS:
         raise ValueError(f"train.sampler={name!r} is not one of {sorted(SAMPLERS)}")
     if name == "uniform":
-        for key in ("num_random", "pool", "macs"):
+        for key in ("num_random", "smallest_fraction", "pool", "macs"):
             kwargs.pop(key, None)
     return SAMPLERS[name](space, **kwargs)

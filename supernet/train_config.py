@@ -33,6 +33,9 @@ class TrainConfig:
 
     sampler: str = "sandwich"  # sandwich | uniform
     num_random: int = 2  # random archs per sandwich step besides the largest and the smallest
+    # Fraction of sandwich steps that train the smallest arch; in the others one more random student takes its place
+    # (more steps spent in the middle of the space, where inherited archs trail their stand-alone versions).
+    smallest_fraction: float = 1.0
     kd_temperature: float = 1.0
     kd_weight: float = 1.0  # students: kd_weight × KL(largest ‖ student) + task_weight × task loss
     task_weight: float = 1.0
@@ -122,6 +125,10 @@ def resolve_train_config(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]
         (out["attentive_pool"] >= 1, f"train.attentive_pool={out['attentive_pool']} must be >= 1"),
         (out["exit_weight"] >= 0, f"train.exit_weight={out['exit_weight']} must be >= 0"),
         (out["num_random"] >= 0, f"train.num_random={out['num_random']} must be >= 0"),
+        (
+            0 <= out["smallest_fraction"] <= 1,
+            f"train.smallest_fraction={out['smallest_fraction']} must be in [0, 1]",
+        ),
         (out["kd_temperature"] > 0, f"train.kd_temperature={out['kd_temperature']} must be > 0"),
         (out["lr"] > 0, f"train.lr={out['lr']} must be > 0"),
         (0 <= out["warmup_fraction"] < 1, f"train.warmup_fraction={out['warmup_fraction']} must be in [0, 1)"),

@@ -159,6 +159,7 @@ class SupernetModule(L.LightningModule):
             self.cfg["sampler"],
             self.space,
             num_random=self.cfg["num_random"],
+            smallest_fraction=self.cfg["smallest_fraction"],
             seed=self.cfg["seed"],
             stages=stages,
             stage_ends=prog.get("stage_ends"),

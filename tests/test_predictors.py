@@ -17,6 +17,7 @@ from predictors.models import (
     CANDIDATES,
     Predictor,
     SklearnPredictor,
+    fold_jobs as fold_jobs_default,
     kendall_tau,
     mape,
     min_samples,
@@ -186,6 +187,19 @@ def test_select_and_fit_ranks_held_out_archs(data, fitted):
     assert kendall_tau(y_test, p) >= 0.9
     assert mape(y_test, p) <= 0.05
     assert pred.cv_scores["kendall_tau"] == chosen["kendall_tau"]
+
+
+def test_folds_in_parallel_score_exactly_as_in_series(data, fitted, monkeypatch):
+    """The folds run on threads, one per core: every candidate's CV scores are the same as fold by fold."""
+    import predictors.models as models
+
+    _, enc, train, _ = data
+    monkeypatch.setattr(models, "fold_jobs", lambda k: 1)
+    _, serial = select_and_fit(train, latency_like(train), enc, "latency", k_folds=5, seed=0)
+    assert models.fold_jobs is not fold_jobs_default and fold_jobs_default(5) >= 1 and fold_jobs_default(1) == 1
+    for a, b in zip(fitted[1], serial, strict=True):
+        assert (a["name"], a.get("kendall_tau"), a.get("mape"), a["chosen"]) == (
+            b["name"], b.get("kendall_tau"), b.get("mape"), b["chosen"])  # fmt: skip
 
 
 def test_select_and_fit_on_log_bitops():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from supernet.sampling import SandwichSampler, UniformSampler, build_sampler, restrict
+from supernet.train_config import resolve_train_config
 
 
 def test_sandwich_contents(default_space) -> None:
@@ -66,3 +67,33 @@ def test_restrict_and_errors(default_space) -> None:
         SandwichSampler(default_space, stages=[[], ["depth"]], stage_ends=[0.8, 0.5], total_steps=10)
     with pytest.raises(ValueError, match="num_random=-1"):
         SandwichSampler(default_space, num_random=-1)
+
+
+def test_smallest_fraction_trades_the_smallest_for_a_random_arch(default_space) -> None:
+    """The smallest trains in about that fraction of the steps; in the others one more random arch trains, so every
+    step trains as many archs. The default (1.0) draws exactly what the plain sandwich drew."""
+    plain = SandwichSampler(default_space, seed=3)
+    assert [SandwichSampler(default_space, seed=3, smallest_fraction=1.0).picks(i) for i in range(30)] == [
+        plain.picks(i) for i in range(30)
+    ]
+    smallest = default_space.smallest()
+    never = SandwichSampler(default_space, seed=3, smallest_fraction=0.0)
+    for i in range(30):
+        picks = never.picks(i)
+        assert len(picks) == 4 and picks[0].role == "teacher" and all(p.role == "student" for p in picks[1:])
+        assert smallest not in [p.arch for p in picks[1:]]
+    half = SandwichSampler(default_space, seed=3, smallest_fraction=0.5)
+    steps = [half.picks(i) for i in range(400)]
+    assert all(len(p) == 4 for p in steps)
+    share = np.mean([p[1].arch == smallest for p in steps])
+    assert 0.4 < share < 0.6
+    assert steps == [SandwichSampler(default_space, seed=3, smallest_fraction=0.5).picks(i) for i in range(400)]
+
+
+def test_smallest_fraction_is_validated(default_space) -> None:
+    assert resolve_train_config({})["smallest_fraction"] == 1.0
+    with pytest.raises(ValueError, match=r"train\.smallest_fraction=1\.5 must be in \[0, 1\]"):
+        resolve_train_config({"smallest_fraction": 1.5})
+    with pytest.raises(ValueError, match=r"train\.smallest_fraction=-0\.1 must be in \[0, 1\]"):
+        SandwichSampler(default_space, smallest_fraction=-0.1)
+    assert len(build_sampler("uniform", default_space, smallest_fraction=0.5).picks(0)) == 1
