@@ -17,7 +17,7 @@ from predictors.models import (
     CANDIDATES,
     Predictor,
     SklearnPredictor,
-    fold_jobs as fold_jobs_default,
+    fold_jobs,
     kendall_tau,
     mape,
     min_samples,
@@ -189,17 +189,20 @@ def test_select_and_fit_ranks_held_out_archs(data, fitted):
     assert pred.cv_scores["kendall_tau"] == chosen["kendall_tau"]
 
 
-def test_folds_in_parallel_score_exactly_as_in_series(data, fitted, monkeypatch):
+def test_folds_in_parallel_score_exactly_as_in_series(monkeypatch):
     """The folds run on threads, one per core: every candidate's CV scores are the same as fold by fold."""
     import predictors.models as models
 
-    _, enc, train, _ = data
+    space = SPACES["default"]
+    archs = sample(space, 80, seed=4)
+    args = (archs, latency_like(archs), FeatureEncoder(space, CFG), "latency")
+    assert fold_jobs(5) >= 1 and fold_jobs(1) == 1
+    _, parallel = select_and_fit(*args, candidates=["ridge", "gbrt"])
     monkeypatch.setattr(models, "fold_jobs", lambda k: 1)
-    _, serial = select_and_fit(train, latency_like(train), enc, "latency", k_folds=5, seed=0)
-    assert models.fold_jobs is not fold_jobs_default and fold_jobs_default(5) >= 1 and fold_jobs_default(1) == 1
-    for a, b in zip(fitted[1], serial, strict=True):
-        assert (a["name"], a.get("kendall_tau"), a.get("mape"), a["chosen"]) == (
-            b["name"], b.get("kendall_tau"), b.get("mape"), b["chosen"])  # fmt: skip
+    _, serial = select_and_fit(*args, candidates=["ridge", "gbrt"])
+    for a, b in zip(parallel, serial, strict=True):
+        assert (a["name"], a["kendall_tau"], a["mape"], a["chosen"]) == (b["name"], b["kendall_tau"], b["mape"],
+                                                                          b["chosen"])  # fmt: skip
 
 
 def test_select_and_fit_on_log_bitops():

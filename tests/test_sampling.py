@@ -88,6 +88,9 @@ def test_smallest_fraction_trades_the_smallest_for_a_random_arch(default_space) 
     share = np.mean([p[1].arch == smallest for p in steps])
     assert 0.4 < share < 0.6
     assert steps == [SandwichSampler(default_space, seed=3, smallest_fraction=0.5).picks(i) for i in range(400)]
+    # Progressive shrinking's first stage has only the largest arch: no smallest to replace, no extra student.
+    staged = SandwichSampler(default_space, seed=3, smallest_fraction=0.0, stages=[[], ["depth"]], total_steps=10)
+    assert len(staged.picks(0)) == 3 and len(staged.picks(9)) == 4
 
 
 def test_smallest_fraction_is_validated(default_space) -> None:

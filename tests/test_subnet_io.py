@@ -267,40 +267,30 @@ def onnx_case(task_net, tmp_path, arch: Arch) -> tuple[StaticSubnet, Path]:
 
 
 def test_onnx_matches_torch_with_dynamic_shapes(task_net, tmp_path) -> None:
-    """Exported with batch 2 (LM: 16 tokens); run with other batches (LM: other lengths, up to block_size)."""
+    """Exported with batch 2 (LM: 16 tokens); run with other batches (LM: other lengths, up to block_size).
+
+    The plain ViT's arch quantizes its activations to 8 bits. Rounding them amplifies last-bit differences between
+    runtimes into quantization steps, so ONNX Runtime is held to nas-export's verify.atol_quantized_act (1e-2) there;
+    the other models keep float activations and 1e-4."""
     if not own_model(task_net):
         pytest.skip(
             "the float torch.onnx export (not what nas-export ships) is checked on the project's own models; "
             "the imported families' options ship through the runtime graph (tests/test_runtime.py)"
         )
+    config = task_net.config
+    quantized = config.task == "image" and not config.bit_norms
     arch = Arch.from_dict(
         {"depth": 3, "embed_dim": 96, "num_heads": [1, 2, 4], "mlp_ratio": [1.0, 2.0, 4.0], "w_bits": [1, 4, 32],
-         "a_bits": 32}
+         "a_bits": 8 if quantized else 32}
     )  # fmt: skip
     sub, path = onnx_case(task_net, tmp_path, arch)
-    config = task_net.config
-    shapes = [(5, None), (1, None)] if config.task == "image" else [(5, 16), (5, config.block_size), (1, 7), (3, 1)]
+    shapes = [(5, None), (8, None), (1, None)] if config.task == "image" else [(5, 16), (5, config.block_size), (1, 7),
+                                                                              (3, 1)]  # fmt: skip
     for batch, seq in shapes:
         x = sample_input(config, batch=batch, seq_len=seq, seed=batch)
         with torch.no_grad():
             want = sub(x)
-            assert torch.equal(want, task_net(x, arch))
+            assert torch.equal(want, task_net(x, arch))  # the reloaded torch module stays exact either way
         got = run_onnx(path, x)
         assert got.shape == tuple(want.shape), (batch, seq)
-        assert np.abs(got - want.numpy()).max() <= 1e-4, (batch, seq)
-
-
-# The image model: the LM's torch.onnx export takes 18-35 s on 2 cores (dynamo's decompositions), the ViT's a third.
-@pytest.mark.parametrize("task_net", ["image"], indirect=True)
-def test_onnx_matches_torch_with_quantized_activations(task_net, tmp_path) -> None:
-    """Rounding activations amplifies last-bit differences between runtimes into quantization steps: ONNX Runtime is
-    held to nas-export's verify.atol_quantized_act (1e-2) there, the reloaded torch module stays exact."""
-    arch = Arch(2, 64, (2, 4), (1.0, 2.0), (32, 32), 8)
-    sub, path = onnx_case(task_net, tmp_path, arch)
-    worst = 0.0
-    for seed in range(4):
-        x = sample_input(task_net.config, batch=8, seed=seed)
-        with torch.no_grad():
-            want = sub(x).numpy()
-        worst = max(worst, float(np.abs(run_onnx(path, x) - want).max()))
-    assert worst <= 1e-2
+        assert np.abs(got - want.numpy()).max() <= (1e-2 if quantized else 1e-4), (batch, seq)
