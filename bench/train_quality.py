@@ -63,6 +63,7 @@ VARIANTS: dict[str, list[str]] = {
     "attentive_worst": ["train.attentive=worst"],
     "alpha_divergence": ["train.kd_divergence=alpha"],
     "grad_projection": ["train.grad_projection=true"],
+    "no_distillation": ["train.kd_weight=0.0"],  # students learn from the labels alone
     "no_smallest": ["train.smallest_fraction=0.0"],
     "smallest_half": ["train.smallest_fraction=0.5"],
     # Once-for-All's order, compressed to the demo budget: the largest arch alone for the first 10 % of the steps,
