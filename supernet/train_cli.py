@@ -32,7 +32,7 @@ from supernet.cli import run_or_exit
 from supernet.config import ModelConfig
 from supernet.curves import merge_metrics, plot_curves
 from supernet.space import SearchSpace
-from supernet.train_config import register
+from supernet.train_config import register, resolve_train_config
 from supernet.training import NO_PRETRAINED, SupernetModule, task_loss
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -60,12 +60,24 @@ def check_checkpoint(path: Path, hparams: dict[str, Any]) -> None:
         ) from None
     saved = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
     for part in ("space", "model", "train", "data"):
-        if saved.get(part) != hparams[part]:
-            diff = _first_difference(saved.get(part), hparams[part])
+        old = saved_train(saved.get(part)) if part == "train" else saved.get(part)
+        if old != hparams[part]:
+            diff = _first_difference(old, hparams[part])
             raise ValueError(
                 f"cannot resume: checkpoint {path} was trained with another {part} config ({part}.{diff}); "
                 f"only {', '.join(RESUMABLE_CHANGES)}.* may change on resume: choose another run_name or revert it"
             )
+
+
+def saved_train(train: Any) -> Any:
+    """A checkpoint's train config with the defaults of keys added since it was written: a new key's default is what
+    the older code did, so the run resumes unless the key is set to something else now."""
+    if not isinstance(train, dict):
+        return train
+    try:
+        return resolve_train_config(train)
+    except ValueError:  # a key since removed or renamed: compared as saved, so the difference is named
+        return train
 
 
 def _first_difference(old: Any, new: Any, prefix: str = "") -> str:

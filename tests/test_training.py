@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import os
@@ -19,7 +20,7 @@ from hydra import compose, initialize_config_dir
 from supernet import extract_subnet
 from supernet.artifact import load_supernet, read_metadata
 from supernet.sampling import build_sampler
-from supernet.train_cli import CONF_DIR, train
+from supernet.train_cli import CONF_DIR, check_checkpoint, train
 from supernet.training import SupernetModule
 from tests.conftest import ROOT, sandwich_module
 
@@ -132,6 +133,16 @@ def test_resume_refuses_foreign_and_corrupt_checkpoints(tmp_path) -> None:
         train(make_cfg(*FAST, "train.lr=0.5"), run)
     with pytest.raises(ValueError, match=r"another data config \(data.split_seed: was 0, now 3\)"):
         train(make_cfg(*FAST, "data.split_seed=3"), run)
+    # A checkpoint written before a train.* key existed resumes while the key keeps its default (the old behaviour).
+    last, older = run / "checkpoints" / "last.ckpt", run / "older.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    now = copy.deepcopy(dict(ckpt["hyper_parameters"]))
+    del ckpt["hyper_parameters"]["train"]["smallest_fraction"]
+    torch.save(ckpt, older)
+    check_checkpoint(older, now)
+    now["train"] = {**now["train"], "smallest_fraction": 0.5}
+    with pytest.raises(ValueError, match=r"another train config \(train.smallest_fraction: was 1.0, now 0.5\)"):
+        check_checkpoint(older, now)
     config_before = (run / "config.yaml").read_text()
     with pytest.raises(ValueError, match="already holds a run; pass resume=true"):
         train(make_cfg(*FAST, "resume=false"), run)
