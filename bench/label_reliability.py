@@ -27,12 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.stats import kendalltau
-from sklearn.model_selection import KFold, cross_val_predict
 
 from predictors.features import FeatureEncoder
 from predictors.measure import candidate_archs, fixed_batches
 from predictors.measure_cli import build_data
-from predictors.models import CANDIDATES, _serial_quiet
+from predictors.models import CANDIDATES, out_of_fold
 from predictors.reliability import split_half_tau
 from supernet.artifact import load_supernet
 
@@ -72,11 +71,9 @@ def cached_scores(net, archs, val, test, path: Path) -> tuple[list[dict], list[d
 def predictor_taus(net, archs, labels: np.ndarray, test_acc: np.ndarray, seed: int = 0) -> dict[str, dict]:
     """Each predictor candidate's out-of-fold τ against its own label and against test accuracy (5-fold CV)."""
     X = FeatureEncoder(net.space, net.config).transform(archs)
-    folds = KFold(n_splits=5, shuffle=True, random_state=seed)
     out = {}
-    for name, make in CANDIDATES.items():
-        with _serial_quiet():
-            oof = cross_val_predict(make(seed), X, labels, cv=folds)
+    for name in CANDIDATES:
+        oof = out_of_fold(name, X, labels, k_folds=5, seed=seed)
         out[name] = {"own_label": float(kendalltau(oof, labels).statistic),
                      "test_accuracy": float(kendalltau(oof, test_acc).statistic)}  # fmt: skip
     return out

@@ -393,6 +393,14 @@ def min_samples(k_folds: int) -> int:
     return k_folds + 2
 
 
+def out_of_fold(name: str, X: np.ndarray, y: np.ndarray, k_folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Out-of-fold predictions of candidate `name` on encoded features `X`: a seeded, shuffled K-fold, the folds run
+    on threads (one per core)."""
+    folds = KFold(n_splits=k_folds, shuffle=True, random_state=seed)
+    with _serial_quiet(), joblib.parallel_config(backend="threading"):
+        return cross_val_predict(CANDIDATES[name](seed), X, y, cv=folds, n_jobs=fold_jobs(k_folds))
+
+
 def select_and_fit(
     archs: Sequence[Arch],
     y: Sequence[float] | np.ndarray,
@@ -428,13 +436,11 @@ def select_and_fit(
             f"all {len(yy)} '{objective}' values are equal ({yy[0]:g}): at least 2 distinct values are needed to fit "
             "a predictor; check the measurements"
         )
-    folds = KFold(n_splits=k_folds, shuffle=True, random_state=seed)
     table: list[dict[str, Any]] = []
     for name in names:
         t0 = time.perf_counter()
         try:
-            with _serial_quiet(), joblib.parallel_config(backend="threading"):
-                oof = cross_val_predict(CANDIDATES[name](seed), X, yy, cv=folds, n_jobs=fold_jobs(k_folds))
+            oof = out_of_fold(name, X, yy, k_folds, seed)
         except (ValueError, np.linalg.LinAlgError, FloatingPointError) as e:
             table.append({"name": name, "error": f"{type(e).__name__}: {e}", "seconds": time.perf_counter() - t0})
             continue
