@@ -112,12 +112,12 @@ class SandwichSampler(ArchSampler):
     def picks(self, step: int) -> list[Pick]:
         sp, rng = self.space_at(step), self.rng(step)
         # Drawn only when it can come out both ways, so the default draws exactly the archs it always drew.
-        smallest = self.smallest_fraction >= 1 or rng.random() < self.smallest_fraction
+        with_smallest = self.smallest_fraction >= 1 or rng.random() < self.smallest_fraction
         out = [Pick(sp.largest(), "teacher")]
         has_smallest = sp.smallest() != sp.largest()  # not in progressive shrinking's first stage
-        if has_smallest and smallest:
+        if has_smallest and with_smallest:
             out.append(Pick(sp.smallest(), "student"))
-        for _ in range(self.num_random + (has_smallest and not smallest)):
+        for _ in range(self.num_random + (has_smallest and not with_smallest)):
             arch = sp.sample(rng)
             out.append(Pick(arch, "student", self.candidates(arch, sp, rng) if self.pool > 1 else ()))
         return out
