@@ -66,6 +66,8 @@ VARIANTS: dict[str, list[str]] = {
     "no_distillation": ["train.kd_weight=0.0"],  # students learn from the labels alone
     "no_smallest": ["train.smallest_fraction=0.0"],
     "smallest_half": ["train.smallest_fraction=0.5"],
+    # BigNAS: every block's residual branches start at zero, so all depths begin with the same features.
+    "zero_init": ["model.zero_init_residual=true"],
     # Once-for-All's order, compressed to the demo budget: the largest arch alone for the first 10 % of the steps,
     # then one more elastic dimension every 5 % (depth, width, heads, FFN, weight bits, activation bits).
     "progressive": ["train.progressive.enabled=true", "train.progressive.stage_ends=[0.1,0.15,0.2,0.25,0.3,0.35,1.0]"],

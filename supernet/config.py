@@ -45,6 +45,9 @@ class ModelConfig:
     # one final norm and classifier/LM head per depth choice: a shallow subnet's features need not share the deepest
     # one's head; the extracted subnet keeps only its own depth's head, so this too costs nothing at deployment
     depth_heads: bool = False
+    # start every block's residual branches (attention output projection, FFN down projection) at zero weights, so
+    # each block begins as the identity (BigNAS; torchvision's `zero_init_residual`): initialisation only
+    zero_init_residual: bool = False
     # ---- block math (supernet/functional.py): one option per way the supported families differ ----
     norm: str = "layer"  # "layer" (LayerNorm) or "rms" (RMSNorm, weight only: Llama)
     norm_position: str = "pre"  # "pre": x + f(norm(x)); "post": norm(x + f(x)) (BERT)
@@ -87,7 +90,7 @@ class ModelConfig:
             )
         if self.max_depth is not None and (not isinstance(self.max_depth, int) or self.max_depth < 1):
             raise ValueError(f"model.max_depth={self.max_depth!r} must be a positive integer or null")
-        for name in ("bit_norms", "depth_heads"):
+        for name in ("bit_norms", "depth_heads", "zero_init_residual"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"model.{name}={getattr(self, name)!r} must be true or false")
         if not self.ln_eps > 0:

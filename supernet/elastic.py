@@ -154,6 +154,9 @@ class ElasticBlock(nn.Module):
         self.attn = ElasticAttention(embed_max, heads_max, head_dim, c.kv_group, c.linear_bias)
         self.ln2 = ElasticLayerNorm(embed_max, eps, variants, c.norm)
         self.ffn = ElasticFFN(embed_max, hidden_max, c.linear_bias, c.gated_ffn, c.activation)
+        if c.zero_init_residual:  # the block starts as the identity: every depth begins with the same features
+            nn.init.zeros_(self.attn.proj.weight)
+            nn.init.zeros_(self.ffn.fc2.weight)
 
     def norm_variant(self, w_bits: int) -> int:
         """Row of the norm tables used at `w_bits` (0 without bit-specific norms)."""

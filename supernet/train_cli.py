@@ -60,7 +60,7 @@ def check_checkpoint(path: Path, hparams: dict[str, Any]) -> None:
         ) from None
     saved = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
     for part in ("space", "model", "train", "data"):
-        old = saved_train(saved.get(part)) if part == "train" else saved.get(part)
+        old = with_new_defaults(part, saved.get(part))
         if old != hparams[part]:
             diff = _first_difference(old, hparams[part])
             raise ValueError(
@@ -69,15 +69,15 @@ def check_checkpoint(path: Path, hparams: dict[str, Any]) -> None:
             )
 
 
-def saved_train(train: Any) -> Any:
-    """A checkpoint's train config with the defaults of keys added since it was written: a new key's default is what
-    the older code did, so the run resumes unless the key is set to something else now."""
-    if not isinstance(train, dict):
-        return train
+def with_new_defaults(part: str, saved: Any) -> Any:
+    """A checkpoint's `train` or `model` config with the defaults of keys added since it was written: a new key's
+    default is what the older code did, so the run resumes unless the key is set to something else now."""
+    if not isinstance(saved, dict) or part not in ("train", "model"):
+        return saved
     try:
-        return resolve_train_config(train)
-    except ValueError:  # a key since removed or renamed: compared as saved, so the difference is named
-        return train
+        return resolve_train_config(saved) if part == "train" else ModelConfig.from_config(saved).to_dict()
+    except (TypeError, ValueError):  # a key since removed or renamed: compared as saved, so the difference is named
+        return saved
 
 
 def _first_difference(old: Any, new: Any, prefix: str = "") -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -334,3 +335,30 @@ def test_supernet_forward_is_stateless(task: str, grad: bool) -> None:
     fresh.load_state_dict(state0)
     with torch.no_grad():
         torch.testing.assert_close(fresh(x, a1), y1, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("task", sorted(CONFIGS))
+def test_zero_init_residual_starts_every_depth_from_the_same_features(task: str) -> None:
+    """With `zero_init_residual` each block starts as the identity, so at initialisation an arch's output does not
+    depend on its depth (or its blocks' heads, FFN widths and bits); without it, it does."""
+    g = torch.Generator().manual_seed(2)
+    cfg = CONFIGS[task]
+    if task == "image":
+        x = torch.randn(2, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g)
+    else:
+        x = torch.randint(0, cfg.vocab_size, (2, cfg.block_size), generator=g)
+    shallow = Arch(2, 96, (1, 2), (1.0, 2.0), (1, 8), 8)
+    deep = Arch(6, 96, (4, 2, 1, 4, 2, 1), (4.0, 1.0, 2.0, 3.0, 1.0, 4.0), (32, 2, 4, 8, 1, 32), 8)
+    outs = {}
+    for zero in (True, False):
+        torch.manual_seed(0)
+        net = build_supernet(SPACE, replace(cfg, zero_init_residual=zero)).eval()
+        with torch.no_grad():
+            outs[zero] = net(x, shallow), net(x, deep)
+    torch.testing.assert_close(outs[True][0], outs[True][1], atol=0, rtol=0)
+    assert not torch.allclose(outs[False][0], outs[False][1], atol=1e-4)
+
+
+def test_zero_init_residual_must_be_a_bool() -> None:
+    with pytest.raises(ValueError, match=r"model.zero_init_residual='yes' must be true or false"):
+        ModelConfig(zero_init_residual="yes")

@@ -133,16 +133,21 @@ def test_resume_refuses_foreign_and_corrupt_checkpoints(tmp_path) -> None:
         train(make_cfg(*FAST, "train.lr=0.5"), run)
     with pytest.raises(ValueError, match=r"another data config \(data.split_seed: was 0, now 3\)"):
         train(make_cfg(*FAST, "data.split_seed=3"), run)
-    # A checkpoint written before a train.* key existed resumes while the key keeps its default (the old behaviour).
+    # A checkpoint written before a train.* or model.* key existed resumes while the key keeps its default (the old
+    # behaviour), and is refused, naming the key, once it is set to something else.
     last, older = run / "checkpoints" / "last.ckpt", run / "older.ckpt"
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     now = copy.deepcopy(dict(ckpt["hyper_parameters"]))
     del ckpt["hyper_parameters"]["train"]["smallest_fraction"]
+    del ckpt["hyper_parameters"]["model"]["zero_init_residual"]
     torch.save(ckpt, older)
     check_checkpoint(older, now)
-    now["train"] = {**now["train"], "smallest_fraction": 0.5}
+    changed = {**now, "train": {**now["train"], "smallest_fraction": 0.5}}
     with pytest.raises(ValueError, match=r"another train config \(train.smallest_fraction: was 1.0, now 0.5\)"):
-        check_checkpoint(older, now)
+        check_checkpoint(older, changed)
+    changed = {**now, "model": {**now["model"], "zero_init_residual": True}}
+    with pytest.raises(ValueError, match=r"another model config \(model.zero_init_residual: was False, now True\)"):
+        check_checkpoint(older, changed)
     config_before = (run / "config.yaml").read_text()
     with pytest.raises(ValueError, match="already holds a run; pass resume=true"):
         train(make_cfg(*FAST, "resume=false"), run)
