@@ -36,7 +36,7 @@ from hydra.utils import instantiate
 from supernet import build_supernet, extract_subnet
 from supernet.artifact import load_supernet
 from supernet.train_cli import CONF_DIR, train
-from supernet.training import SubnetModule, reference_archs
+from supernet.training import SubnetModule, reference_archs, weight_averaging
 
 # Recipes compared by the ablation (README, "Training quality"); overrides on top of `--experiment`, spelled out in
 # full so each variant keeps its meaning when the defaults change.
@@ -68,6 +68,8 @@ VARIANTS: dict[str, list[str]] = {
     "smallest_half": ["train.smallest_fraction=0.5"],
     # BigNAS: every block's residual branches start at zero, so all depths begin with the same features.
     "zero_init": ["model.zero_init_residual=true"],
+    # BigNAS: the supernet handed out is an exponential moving average of its weights (horizon about 100 steps).
+    "ema": ["train.ema_decay=0.99"],
     # Once-for-All's order, compressed to the demo budget: the largest arch alone for the first 10 % of the steps,
     # then one more elastic dimension every 5 % (depth, width, heads, FFN, weight bits, activation bits).
     "progressive": ["train.progressive.enabled=true", "train.progressive.stage_ends=[0.1,0.15,0.2,0.25,0.3,0.35,1.0]"],
@@ -101,6 +103,7 @@ def train_scratch(space, config, arch, cfg, dm) -> torch.nn.Module:
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
+        callbacks=weight_averaging(module.cfg),  # weight averaging set with --extra applies to scratch models too
     )
     trainer.fit(module, datamodule=dm)
     return sub

@@ -33,7 +33,7 @@ from supernet.config import ModelConfig
 from supernet.curves import merge_metrics, plot_curves
 from supernet.space import SearchSpace
 from supernet.train_config import register, resolve_train_config
-from supernet.training import NO_PRETRAINED, SupernetModule, task_loss
+from supernet.training import NO_PRETRAINED, SupernetModule, task_loss, weight_averaging
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 register()  # the `train` group's typed schema, before any config is composed
@@ -160,7 +160,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             **OmegaConf.to_container(cfg.trainer, resolve=True),
             default_root_dir=str(run_dir),
             logger=CSVLogger(str(run_dir), name="logs"),
-            callbacks=[ckpt_cb, LearningRateMonitor(logging_interval="step")],
+            callbacks=[ckpt_cb, LearningRateMonitor(logging_interval="step"), *weight_averaging(module.cfg)],
         )
     except (TypeError, MisconfigurationException) as e:
         raise ValueError(f"bad trainer config: {e}") from None

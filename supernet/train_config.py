@@ -59,6 +59,9 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_fraction: float = 0.05  # linear warmup, then cosine to min_lr_ratio × lr
     min_lr_ratio: float = 0.01
+    # Exponential moving average of the weights (BigNAS), updated every step with this decay: validation scores it and
+    # the trained supernet is the average. None: the plain weights.
+    ema_decay: float | None = None
     reference_archs: int = 3  # validation also reports this many fixed archs spread over the space by MACs
     progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
     check_rank_sync: bool = False  # DDP: all-gather each step's archs and fail if ranks disagree
@@ -133,6 +136,10 @@ def resolve_train_config(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]
         (out["lr"] > 0, f"train.lr={out['lr']} must be > 0"),
         (0 <= out["warmup_fraction"] < 1, f"train.warmup_fraction={out['warmup_fraction']} must be in [0, 1)"),
         (0 <= out["min_lr_ratio"] <= 1, f"train.min_lr_ratio={out['min_lr_ratio']} must be in [0, 1]"),
+        (
+            out["ema_decay"] is None or 0 < out["ema_decay"] < 1,
+            f"train.ema_decay={out['ema_decay']} must be in (0, 1), or null for no averaging",
+        ),
         (out["reference_archs"] >= 0, f"train.reference_archs={out['reference_archs']} must be >= 0"),
     ]
     for ok, message in checks:

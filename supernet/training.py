@@ -21,6 +21,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 
 from supernet.arch import Arch
 from supernet.config import ModelConfig
@@ -93,6 +94,13 @@ def pick_loss(
         kd = DIVERGENCES[cfg["kd_divergence"]](logits, teacher, cfg["kd_temperature"])
         return cfg["kd_weight"] * kd + cfg["task_weight"] * ce, ce
     return ce, ce
+
+
+def weight_averaging(train: dict[str, Any]) -> list[Callback]:
+    """Lightning's EMA callback when `train.ema_decay` is set: it averages every step, validation scores the
+    average, checkpoints hold both (so a resume continues the average) and training ends on the average."""
+    decay = train.get("ema_decay")
+    return [] if decay is None else [EMAWeightAveraging(decay=decay)]
 
 
 class SupernetModule(L.LightningModule):

@@ -195,6 +195,7 @@ BAD_INPUT = [
     (["data._target_=nowhere.Data"], r"cannot build the data module data._target_=nowhere.Data"),
     (["train.sampler=greedy"], r"train.sampler='greedy' is not one of \['sandwich', 'uniform'\]"),
     (["+train.kd_temprature=4"], r"Key 'kd_temprature' not in 'TrainConfig'"),
+    (["train.ema_decay=1.5"], r"train.ema_decay=1.5 must be in \(0, 1\), or null for no averaging"),
 ]
 
 
@@ -317,6 +318,26 @@ def test_custom_data_module_plugs_in_through_target(tmp_path) -> None:
 def test_sampling_variants_run(tmp_path, overrides) -> None:
     summary = train(make_cfg(*FAST, *overrides), tmp_path / "run")
     assert summary["global_step"] == 3
+
+
+def test_weight_averaging_hands_out_the_average_of_unchanged_training(tmp_path) -> None:
+    """With train.ema_decay the optimiser's weights are exactly those of plain training; the artifact (and the
+    checkpoint's state_dict) is their moving average, and the checkpoint keeps the current weights for a resume."""
+    plain = tmp_path / "plain"
+    train(make_cfg(*FAST), plain)
+    ema = tmp_path / "ema"
+    train(make_cfg(*FAST, "train.ema_decay=0.5"), ema)
+    ckpt = torch.load(ema / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    plain_ckpt = torch.load(plain / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    current, average = ckpt["current_model_state"], ckpt["state_dict"]
+    for k, v in plain_ckpt["state_dict"].items():
+        assert torch.equal(current[k], v), k
+    saved = load_supernet(ema)[0].state_dict()
+    for k, v in saved.items():
+        assert torch.equal(v, average[f"net.{k}"]), k
+    moved = [k for k in saved if not torch.equal(saved[k], current[f"net.{k}"])]
+    assert len(moved) > len(saved) // 2  # the average is not the last step's weights
+    assert train(make_cfg(*FAST, "train.ema_decay=0.5", "trainer.max_epochs=2"), ema)["global_step"] == 6
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
