@@ -46,6 +46,7 @@ from threadpoolctl import ThreadpoolController
 from predictors.features import FeatureEncoder
 from supernet.arch import Arch
 from supernet.config import ModelConfig
+from supernet.device_lock import machine_cores
 from supernet.space import SearchSpace
 
 REFIT_HINT = "re-fit it with `nas-fit run=<run dir>` on this run's measurements"
@@ -203,11 +204,7 @@ def _serial_quiet() -> Iterator[None]:
 def fold_jobs(k_folds: int) -> int:
     """Folds cross-validated at once: one per usable core. Threads, not processes: a fold takes a second at most,
     less than starting a worker process, and the estimators spend it in compiled code that releases the GIL."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, k_folds))
+    return max(1, min(machine_cores(), k_folds))
 
 
 def _check_objective(objective: str) -> str:

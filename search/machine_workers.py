@@ -15,17 +15,9 @@ import os
 import uuid
 from pathlib import Path
 
-from supernet.device_lock import machine_dir, open_lock_file
+from supernet.device_lock import machine_cores, machine_dir, open_lock_file
 
 WORKERS_DIR_ENV = "ELASTIC_NAS_WORKERS_DIR"  # apart from the lock folder: a worker without the lock still splits cores
-
-
-def machine_cores() -> int:
-    """Cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 class MachineWorkers:

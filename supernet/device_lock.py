@@ -35,6 +35,14 @@ def _held() -> dict[str, str]:
     return _local.held
 
 
+def machine_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def machine_dir(env: str, name: str) -> Path:
     """$`env`, else /tmp/`name`: a fixed place every process of the machine shares (a per-job TMPDIR, as under
     SLURM, would hide workers from each other), created writable for every user of the machine."""
