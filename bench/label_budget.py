@@ -31,8 +31,8 @@ import numpy as np
 from scipy.stats import kendalltau
 
 from predictors.features import FeatureEncoder
-from predictors.measure import candidate_archs, fixed_batches, kernel_table, measure_arch
-from predictors.measure_cli import build_data, latency_config
+from predictors.measure import LatencyConfig, candidate_archs, fixed_batches, kernel_table, measure_arch
+from predictors.measure_cli import build_data
 from predictors.models import CANDIDATES, select_and_fit
 from predictors.reliability import per_sample_scores, split_half_tau
 from supernet.artifact import load_supernet
@@ -106,9 +106,10 @@ def main() -> None:
     evals = [rest[i] for i in order[args.pool :]]
     v, t = cached(net, pool, evals, val, test, Path(args.run) / "label_budget_scores.npz")
     truth = t.mean(1)
-    lat_cfg = latency_config(_latency_defaults())
-    kernels = kernel_table(lat_cfg, net.config, val[0][0][: lat_cfg.batch_size], Path(args.run) / "kernels.json")
-    fixed, per_image = costs(net, evals[:10], val[0][0][: lat_cfg.batch_size], lat_cfg, kernels, val)
+    lat_cfg = LatencyConfig()  # nas-measure's defaults (conf/latency/cpu.yaml)
+    example = val[0][0][: lat_cfg.batch_size]
+    kernels = kernel_table(lat_cfg, net.config, example, Path(args.run) / "kernels.json")
+    fixed, per_image = costs(net, evals[:10], example, lat_cfg, kernels, val)
     val_seconds = per_image * v.shape[1]
     print(f"per arch: {fixed:.3f} s fixed + {val_seconds:.3f} s for {v.shape[1]} images "
           f"({per_image * 1e6:.0f} µs per image); demo budget {DEMO_ARCHS * (fixed + val_seconds):.0f} s")  # fmt: skip
@@ -163,16 +164,6 @@ def candidate_models(pool, evals, v: np.ndarray, truth: np.ndarray, encoder, rep
     print(f"\nat {DEMO_ARCHS} archs × {DEMO_IMAGES} images, each predictor candidate's τ against test accuracy:")
     print("  " + "  ".join(f"{k} {np.mean(x):.3f} ± {np.std(x):.3f}" for k, x in out.items()))
     return out
-
-
-def _latency_defaults():
-    """The latency config nas-measure uses by default (conf/latency/cpu.yaml)."""
-    from hydra import compose, initialize_config_dir
-
-    from predictors.measure_cli import CONF_DIR
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        return compose("measure")
 
 
 if __name__ == "__main__":
