@@ -22,20 +22,25 @@ space by MACs (smallest, three quantiles, largest):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from supernet import build_supernet, extract_subnet
 from supernet.artifact import load_supernet
-from supernet.train_cli import CONF_DIR, train
+from supernet.sampling import Pick, SandwichSampler
+from supernet.space import SearchSpace
+from supernet.train_cli import CONF_DIR, model_config, train
 from supernet.training import SubnetModule, reference_archs, weight_averaging
 
 # Recipes compared by the ablation (README, "Training quality"); overrides on top of `--experiment`, spelled out in
@@ -73,7 +78,16 @@ VARIANTS: dict[str, list[str]] = {
     # Once-for-All's order, compressed to the demo budget: the largest arch alone for the first 10 % of the steps,
     # then one more elastic dimension every 5 % (depth, width, heads, FFN, weight bits, activation bits).
     "progressive": ["train.progressive.enabled=true", "train.progressive.stage_ends=[0.1,0.15,0.2,0.25,0.3,0.35,1.0]"],
+    # A diagnostic, not a recipe: the random students are replaced by the three middle reference archs themselves,
+    # every step. It separates the two reasons a middle arch can trail: too few steps spent on it (coverage), which
+    # this removes, or the other archs pulling the shared weights elsewhere (interference), which it keeps.
+    "random3": ["train.num_random=3"],  # the same step cost as `named_students`, every student random
+    "named_students": ["train.num_random=3"],
+    # The same in a quarter of the steps (drawn per step), 3 random students in the others: how large a share of the
+    # training an arch needs to come out as good as alone.
+    "named_quarter": ["train.num_random=3"],
 }
+NAMED_SHARE = {"named_students": 1.0, "named_quarter": 0.25}  # share of the steps whose students are the references
 ORDER = ["smallest", "ref1", "ref2", "ref3", "largest"]
 
 
@@ -116,10 +130,35 @@ def train_variant(base: list[str], name: str, run_dir: Path) -> tuple[torch.nn.M
         return load_supernet(run_dir)[0], json.loads(timing.read_text())["seconds"]
     cfg = compose_cfg([*base, *VARIANTS[name], f"run_name=bench_quality_{name}"])
     t0 = time.perf_counter()
-    train(cfg, run_dir)
+    with named_students(cfg, NAMED_SHARE[name]) if name in NAMED_SHARE else contextlib.nullcontext():
+        train(cfg, run_dir)
     seconds = time.perf_counter() - t0
     timing.write_text(json.dumps({"seconds": seconds}))
     return load_supernet(run_dir)[0], seconds
+
+
+@contextlib.contextmanager
+def named_students(cfg, share: float):
+    """The sandwich trains the largest arch, the smallest and the middle reference archs in a `share` of the steps
+    (all of them at 1.0), and the largest, the smallest and as many random archs in the others."""
+    dm = instantiate(cfg.data)
+    space = SearchSpace.from_config(OmegaConf.to_container(cfg.space, resolve=True))
+    mcfg = model_config(OmegaConf.to_container(cfg.model, resolve=True), dm.input_spec())
+    refs = reference_archs(space, mcfg, 3, seed=cfg.seed)
+    students = [Pick(refs[name], "student") for name in ORDER[:-1]]  # smallest and the three middle ones
+
+    def picks(self, step: int) -> list[Pick]:
+        rng = self.rng(step)
+        if share >= 1 or rng.random() < share:
+            return [Pick(self.space.largest(), "teacher"), *students]
+        return [
+            Pick(self.space.largest(), "teacher"),
+            students[0],
+            *(Pick(self.space.sample(rng), "student") for _ in students[1:]),
+        ]
+
+    with mock.patch.object(SandwichSampler, "picks", picks):
+        yield
 
 
 def scratch_results(base: list[str], net, archs: dict, dm, test, path: Path) -> dict[str, dict]:
