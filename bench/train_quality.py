@@ -16,6 +16,7 @@ space by MACs (smallest, three quantiles, largest):
     python bench/train_quality.py --variants default exits_all --budget 3
     python bench/train_quality.py --variants default --seeds 0 1 2  # seed-to-seed spread of the gap
     python bench/train_quality.py --budget 3 --scratch-budget 1   # a longer-trained supernet vs archs trained alone
+    python bench/train_quality.py --scratch-budget 0.25           # vs archs trained alone for a quarter of the steps
     python bench/train_quality.py --list                           # every variant and its overrides
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import statistics
 import time
 from dataclasses import replace
@@ -123,29 +125,32 @@ def train_scratch(space, config, arch, cfg, dm) -> torch.nn.Module:
     return sub
 
 
-def train_variant(base: list[str], name: str, run_dir: Path) -> tuple[torch.nn.Module, float]:
+def train_variant(base: list[str], name: str, run_dir: Path, archs: dict) -> tuple[torch.nn.Module, float]:
     """(supernet, training seconds) of one variant; a finished run is loaded, its recorded time reused."""
     timing = run_dir / "bench_seconds.json"
     if timing.is_file() and (run_dir / "supernet.safetensors").is_file():
         return load_supernet(run_dir)[0], json.loads(timing.read_text())["seconds"]
     cfg = compose_cfg([*base, *VARIANTS[name], f"run_name=bench_quality_{name}"])
     t0 = time.perf_counter()
-    with named_students(cfg, NAMED_SHARE[name]) if name in NAMED_SHARE else contextlib.nullcontext():
+    with named_students(archs, NAMED_SHARE[name]) if name in NAMED_SHARE else contextlib.nullcontext():
         train(cfg, run_dir)
     seconds = time.perf_counter() - t0
     timing.write_text(json.dumps({"seconds": seconds}))
     return load_supernet(run_dir)[0], seconds
 
 
-@contextlib.contextmanager
-def named_students(cfg, share: float):
-    """The sandwich trains the largest arch, the smallest and the middle reference archs in a `share` of the steps
-    (all of them at 1.0), and the largest, the smallest and as many random archs in the others."""
-    dm = instantiate(cfg.data)
+def bench_archs(cfg) -> dict:
+    """The 5 archs compared: the largest, the smallest and 3 spread by MACs (the validation reference archs)."""
     space = SearchSpace.from_config(OmegaConf.to_container(cfg.space, resolve=True))
-    mcfg = model_config(OmegaConf.to_container(cfg.model, resolve=True), dm.input_spec())
-    refs = reference_archs(space, mcfg, 3, seed=cfg.seed)
-    students = [Pick(refs[name], "student") for name in ORDER[:-1]]  # smallest and the three middle ones
+    mcfg = model_config(OmegaConf.to_container(cfg.model, resolve=True), instantiate(cfg.data).input_spec())
+    return reference_archs(space, mcfg, 3, seed=cfg.seed)
+
+
+@contextlib.contextmanager
+def named_students(archs: dict, share: float):
+    """The sandwich trains the largest arch, the smallest and the middle reference archs `archs` in a `share` of the
+    steps (all of them at 1.0), and the largest, the smallest and as many random archs in the others."""
+    students = [Pick(archs[name], "student") for name in ORDER[:-1]]  # smallest and the three middle ones
 
     def picks(self, step: int) -> list[Pick]:
         rng = self.rng(step)
@@ -188,7 +193,12 @@ def main() -> None:
     ap.add_argument("--variants", nargs="*", default=["default", "uniform"], help=f"any of {list(VARIANTS)}")
     ap.add_argument("--budget", type=int, default=1, help="multiple of the experiment's epochs")
     ap.add_argument("--seeds", type=int, nargs="*", default=[0], help="train every variant once per seed")
-    ap.add_argument("--scratch-budget", type=int, default=None, help="the scratch models' budget (default: --budget)")
+    ap.add_argument(
+        "--scratch-budget",
+        type=float,
+        default=None,
+        help="the scratch models' budget, may be a fraction (default: --budget)",
+    )
     ap.add_argument("--out", default="results/bench_quality")
     ap.add_argument("--extra", nargs="*", default=[], help="more Hydra overrides for every training run")
     ap.add_argument("--list", action="store_true", help="print the variants and exit")
@@ -202,29 +212,34 @@ def main() -> None:
         raise SystemExit(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     demo_epochs = compose_cfg([f"experiment={args.experiment}"]).trainer.max_epochs
     epochs = demo_epochs * args.budget
-    scratch_epochs = demo_epochs * (args.scratch_budget or args.budget)
+    scratch_epochs = demo_epochs * (args.scratch_budget or args.budget)  # a fraction of an epoch trains a fraction
 
-    def base(n_epochs: int) -> list[str]:
-        return [f"experiment={args.experiment}", "trainer.enable_progress_bar=false", f"trainer.max_epochs={n_epochs}",
-                *args.extra]  # fmt: skip
+    def base(n_epochs: float) -> list[str]:
+        # Fractional epochs: whole epochs, each cut to the same fraction of its batches (the schedule follows the steps)
+        whole = math.ceil(n_epochs)
+        cut = [] if whole == n_epochs else [f"trainer.limit_train_batches={n_epochs / whole}"]
+        return [f"experiment={args.experiment}", "trainer.enable_progress_bar=false", f"trainer.max_epochs={whole}",
+                *cut, *args.extra]  # fmt: skip
 
     out = Path(args.out) / f"e{epochs}"
     out.mkdir(parents=True, exist_ok=True)
 
+    cfg = compose_cfg(base(epochs))
+    archs = bench_archs(cfg)  # of the experiment's seed, whatever seeds the supernets train with
     nets, seconds = {}, {}  # (variant, seed) -> supernet, training seconds
     for name in args.variants:
         for seed in args.seeds:
             key = (name, seed)
-            nets[key], seconds[key] = train_variant([*base(epochs), f"seed={seed}"], name, run_dir(out, name, seed))
+            nets[key], seconds[key] = train_variant(
+                [*base(epochs), f"seed={seed}"], name, run_dir(out, name, seed), archs
+            )
             print(f"{name} seed {seed}: trained in {seconds[key]:.0f} s")
 
-    cfg = compose_cfg(base(epochs))
     dm = instantiate(cfg.data)
     dm.setup()
     test = dm.test_dataloader()
     first = nets[(args.variants[0], args.seeds[0])]
-    archs = reference_archs(first.space, first.config, 3, seed=cfg.seed)
-    scratch_dir = Path(args.out) / f"e{scratch_epochs}"
+    scratch_dir = Path(args.out) / f"e{scratch_epochs:g}"
     scratch_dir.mkdir(parents=True, exist_ok=True)
     scratch = scratch_results(base(scratch_epochs), first, archs, dm, test, scratch_dir / "scratch.json")
     one_scratch = scratch[archs["largest"].key()]["seconds"]
@@ -256,7 +271,7 @@ def main() -> None:
         }
 
     print(f"\nFashion-MNIST test accuracy (%), supernets {epochs} epochs (mean of seeds {args.seeds}); scratch = "
-          f"each arch trained alone, {scratch_epochs} epochs")  # fmt: skip
+          f"each arch trained alone, {scratch_epochs:g} epochs")  # fmt: skip
     print(f"{'arch':58s} {'scratch':>8s} " + " ".join(f"{v[:14]:>14s}" for v in args.variants))
     for r in rows:
         print(f"{r['arch']:58s} {r['scratch']:8.2f} " + " ".join(f"{r[v]:14.2f}" for v in args.variants))
@@ -270,7 +285,7 @@ def main() -> None:
     if w:
         print(f"4-bit - float weights ({args.variants[0]}, inherited): mean {statistics.mean(w):+.2f} points")
     print(
-        f"one scratch model (the largest arch, {scratch_epochs} epochs): {one_scratch:.0f} s; "
+        f"one scratch model (the largest arch, {scratch_epochs:g} epochs): {one_scratch:.0f} s; "
         "goal: mean gap >= 0, worst >= -1"
     )
     summary = {
@@ -283,7 +298,7 @@ def main() -> None:
         "scratch_seconds": {k: v["seconds"] for k, v in scratch.items()},
         "mean_w4_minus_w32": statistics.mean(w) if w else None,
     }
-    name = "quality.json" if scratch_epochs == epochs else f"quality_vs_scratch_e{scratch_epochs}.json"
+    name = "quality.json" if scratch_epochs == epochs else f"quality_vs_scratch_e{scratch_epochs:g}.json"
     (out / name).write_text(json.dumps(summary, indent=2))
 
 
