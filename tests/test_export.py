@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ import torch
 import yaml
 from hydra import compose, initialize_config_dir
 
-from export.cli import export_run, replace_dir
+from export.cli import export_run, finetune, replace_dir
 from predictors.measure_cli import CONF_DIR
 from search.choose import choose, read_front
 from search.cli import build_search
@@ -31,6 +32,7 @@ from search.objectives import OBJECTIVES
 from supernet.arch import Arch
 from supernet.artifact import load_supernet
 from supernet.costs import arch_costs
+from supernet.extract import extract_subnet
 from supernet.onnx_export import run_onnx
 from supernet.subnet_io import load_subnet
 from supernet.train_cli import train
@@ -230,6 +232,17 @@ def test_finetune_records_before_after_and_verifies_against_the_tuned_module(sea
 
 def test_finetuned_export_is_bit_exact(finetuned) -> None:
     assert read_doc(finetuned)["verification"]["torch"]["max_abs_diff"] == 0.0
+
+
+def test_finetune_trains_the_subnet_in_train_mode(searched) -> None:
+    """The subnet is extracted from a supernet in eval mode; Lightning keeps a module's mode, so fine-tuning must set
+    it (it warns otherwise, and any mode-dependent layer would train as at inference)."""
+    net, info = load_supernet(searched)
+    sub = extract_subnet(net, LOW_BIT, qat=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        finetune(net, sub, info, export_cfg(searched, "finetune.epochs=1", "finetune.train_subset=64"))
+    assert not [w for w in caught if "eval mode" in str(w.message)]
 
 
 # ---- bad input -----------------------------------------------------------------------------------------------------
