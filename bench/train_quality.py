@@ -38,8 +38,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from export.cli import finetune as export_finetune
 from supernet import build_supernet, extract_subnet
-from supernet.artifact import load_supernet
+from supernet.artifact import load_supernet, read_metadata
 from supernet.sampling import Pick, SandwichSampler
 from supernet.space import SearchSpace
 from supernet.train_cli import CONF_DIR, model_config, train
@@ -166,6 +167,19 @@ def named_students(archs: dict, share: float):
         yield
 
 
+def finetuned(net, arch, run: Path, epochs: int, seconds: dict) -> torch.nn.Module:
+    """`arch` inherited from `net` and fine-tuned exactly as `nas-export finetune.epochs=<epochs>` does it (distilled
+    from the largest arch on the supernet's own training data); its seconds go to `seconds[arch key]`."""
+    sub = extract_subnet(net, arch, qat=True)
+    ft = OmegaConf.load(Path(CONF_DIR) / "export.yaml").finetune  # nas-export's defaults (learning rate, images)
+    ft.epochs = epochs
+    cfg = OmegaConf.create({"data_overrides": {}, "finetune": ft, "seed": 0})
+    t0 = time.perf_counter()
+    export_finetune(net, sub, read_metadata(run)["info"], cfg)
+    seconds[arch.key()] = time.perf_counter() - t0
+    return sub
+
+
 def scratch_results(base: list[str], net, archs: dict, dm, test, path: Path) -> dict[str, dict]:
     """Test accuracy and training seconds of each arch trained alone (cached in `path`, one entry per arch)."""
     cache = json.loads(path.read_text()) if path.is_file() else {}
@@ -198,6 +212,12 @@ def main() -> None:
         type=float,
         default=None,
         help="the scratch models' budget, may be a fraction (default: --budget)",
+    )
+    ap.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=0,
+        help="also score every inherited arch after nas-export's fine-tuning (distillation from the largest arch)",
     )
     ap.add_argument("--out", default="results/bench_quality")
     ap.add_argument("--extra", nargs="*", default=[], help="more Hydra overrides for every training run")
@@ -244,24 +264,31 @@ def main() -> None:
     scratch = scratch_results(base(scratch_epochs), first, archs, dm, test, scratch_dir / "scratch.json")
     one_scratch = scratch[archs["largest"].key()]["seconds"]
 
-    rows, variants = [], {}
+    columns = [c for v in args.variants for c in ([v, f"{v}+ft"] if args.finetune_epochs else [v])]
+    rows, variants, ft_seconds = [], {}, {}  # ft_seconds: arch key -> fine-tuning seconds (the last one timed)
     for name in ORDER:
         arch = archs[name]
         row = {"name": name, "arch": arch.key(), "scratch": scratch[arch.key()]["scratch"]}
-        for (v, _seed), net in nets.items():
+        for (v, seed), net in nets.items():
             row.setdefault(f"{v}_seeds", []).append(accuracy(extract_subnet(net, arch), test))
-        for v in args.variants:
+            if args.finetune_epochs:
+                sub = finetuned(net, arch, run_dir(out, v, seed), args.finetune_epochs, ft_seconds)
+                row.setdefault(f"{v}+ft_seeds", []).append(accuracy(sub, test))
+        for v in columns:
             row[v] = statistics.mean(row[f"{v}_seeds"])
         for bits in (4, 32):
             if bits in first.space.w_bits:
                 row[f"w{bits}"] = accuracy(extract_subnet(first, replace(arch, w_bits=(bits,) * arch.depth)), test)
         rows.append(row)
-    for v in args.variants:
+    for v in columns:
         per_seed = [statistics.mean(r[f"{v}_seeds"][k] - r["scratch"] for r in rows) for k in range(len(args.seeds))]
         gaps = [r[v] - r["scratch"] for r in rows]  # of the seeds' mean accuracy
-        secs = statistics.mean(seconds[(v, s)] for s in args.seeds)
+        secs = statistics.mean(seconds[(v.removesuffix("+ft"), s)] for s in args.seeds)
+        if v.endswith("+ft"):  # what one shipped arch costs: the supernet, then its own fine-tuning (the dearest)
+            secs += max(ft_seconds.values())
         variants[v] = {
-            "overrides": VARIANTS[v],
+            "overrides": VARIANTS[v.removesuffix("+ft")]
+            + ([f"nas-export finetune.epochs={args.finetune_epochs}"] if v.endswith("+ft") else []),
             "mean_gap": statistics.mean(gaps),
             "mean_gap_sd": statistics.stdev(per_seed) if len(per_seed) > 1 else None,
             "mean_gap_per_seed": per_seed,
@@ -272,9 +299,9 @@ def main() -> None:
 
     print(f"\nFashion-MNIST test accuracy (%), supernets {epochs} epochs (mean of seeds {args.seeds}); scratch = "
           f"each arch trained alone, {scratch_epochs:g} epochs")  # fmt: skip
-    print(f"{'arch':58s} {'scratch':>8s} " + " ".join(f"{v[:14]:>14s}" for v in args.variants))
+    print(f"{'arch':58s} {'scratch':>8s} " + " ".join(f"{v[:14]:>14s}" for v in columns))
     for r in rows:
-        print(f"{r['arch']:58s} {r['scratch']:8.2f} " + " ".join(f"{r[v]:14.2f}" for v in args.variants))
+        print(f"{r['arch']:58s} {r['scratch']:8.2f} " + " ".join(f"{r[v]:14.2f}" for v in columns))
     head = f"{'mean gap':>9s} {'± sd(seeds)':>11s} {'worst gap':>9s} {'train s':>8s} {'× one scratch':>14s}"
     print(f"\n{'variant':18s} {head}")
     for v, s in variants.items():
@@ -293,6 +320,7 @@ def main() -> None:
         "epochs": epochs,
         "scratch_epochs": scratch_epochs,
         "seeds": args.seeds,
+        "finetune_epochs": args.finetune_epochs,
         "rows": rows,
         "variants": variants,
         "scratch_seconds": {k: v["seconds"] for k, v in scratch.items()},
