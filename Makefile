@@ -54,7 +54,7 @@ demo: setup
 	$(VENV)/bin/nas-measure run=results/demo n_archs=200
 	$(VENV)/bin/nas-fit run=results/demo
 	$(VENV)/bin/nas-search run=results/demo "search.objectives=[accuracy,latency,bytes]" search.budget=40 search.initial=20 search.batch_size=20
-	$(VENV)/bin/nas-export run=results/demo select=knee overwrite=true
+	$(VENV)/bin/nas-export run=results/demo select=knee overwrite=true finetune.epochs=1
 	@echo "demo: results/demo/ (training_curves.png, supernet.safetensors), predictors/ (measurements.csv, report.json, scatter_*.png), search/ (pareto.png, hypervolume.png, pareto.csv, evaluations.csv, search.json), subnets/knee/ (arch.yaml, model.safetensors, model.onnx, report.md)"
 
 # Bring your own pretrained transformer, offline: a small Hugging Face ViT is first trained normally on Fashion-MNIST
