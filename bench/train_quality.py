@@ -167,12 +167,13 @@ def named_students(archs: dict, share: float):
         yield
 
 
-def finetuned(net, arch, run: Path, epochs: int, seconds: dict) -> torch.nn.Module:
-    """`arch` inherited from `net` and fine-tuned exactly as `nas-export finetune.epochs=<epochs>` does it (distilled
-    from the largest arch on the supernet's own training data); its seconds go to `seconds[arch key]`."""
+def finetuned(net, arch, run: Path, epochs: int, images: int | None, seconds: dict) -> torch.nn.Module:
+    """`arch` inherited from `net` and fine-tuned exactly as `nas-export finetune.epochs=<epochs>
+    finetune.train_subset=<images>` does it (distilled from the largest arch on the supernet's own training data);
+    its seconds go to `seconds[arch key]`."""
     sub = extract_subnet(net, arch, qat=True)
     ft = OmegaConf.load(Path(CONF_DIR) / "export.yaml").finetune  # nas-export's defaults (learning rate, images)
-    ft.epochs = epochs
+    ft.epochs, ft.train_subset = epochs, images
     cfg = OmegaConf.create({"data_overrides": {}, "finetune": ft, "seed": 0})
     t0 = time.perf_counter()
     export_finetune(net, sub, read_metadata(run)["info"], cfg)
@@ -219,6 +220,7 @@ def main() -> None:
         default=0,
         help="also score every inherited arch after nas-export's fine-tuning (distillation from the largest arch)",
     )
+    ap.add_argument("--finetune-images", type=int, default=None, help="training images per fine-tuning epoch (all)")
     ap.add_argument("--out", default="results/bench_quality")
     ap.add_argument("--extra", nargs="*", default=[], help="more Hydra overrides for every training run")
     ap.add_argument("--list", action="store_true", help="print the variants and exit")
@@ -272,7 +274,8 @@ def main() -> None:
         for (v, seed), net in nets.items():
             row.setdefault(f"{v}_seeds", []).append(accuracy(extract_subnet(net, arch), test))
             if args.finetune_epochs:
-                sub = finetuned(net, arch, run_dir(out, v, seed), args.finetune_epochs, ft_seconds)
+                ft = (args.finetune_epochs, args.finetune_images)
+                sub = finetuned(net, arch, run_dir(out, v, seed), *ft, ft_seconds)
                 row.setdefault(f"{v}+ft_seeds", []).append(accuracy(sub, test))
         for v in columns:
             row[v] = statistics.mean(row[f"{v}_seeds"])
@@ -288,7 +291,11 @@ def main() -> None:
             secs += max(ft_seconds.values())
         variants[v] = {
             "overrides": VARIANTS[v.removesuffix("+ft")]
-            + ([f"nas-export finetune.epochs={args.finetune_epochs}"] if v.endswith("+ft") else []),
+            + (
+                [f"nas-export finetune.epochs={args.finetune_epochs} finetune.train_subset={args.finetune_images}"]
+                if v.endswith("+ft")
+                else []
+            ),
             "mean_gap": statistics.mean(gaps),
             "mean_gap_sd": statistics.stdev(per_seed) if len(per_seed) > 1 else None,
             "mean_gap_per_seed": per_seed,
@@ -321,6 +328,7 @@ def main() -> None:
         "scratch_epochs": scratch_epochs,
         "seeds": args.seeds,
         "finetune_epochs": args.finetune_epochs,
+        "finetune_images": args.finetune_images,
         "rows": rows,
         "variants": variants,
         "scratch_seconds": {k: v["seconds"] for k, v in scratch.items()},
