@@ -81,10 +81,10 @@ VARIANTS: dict[str, list[str]] = {
     # Once-for-All's order, compressed to the demo budget: the largest arch alone for the first 10 % of the steps,
     # then one more elastic dimension every 5 % (depth, width, heads, FFN, weight bits, activation bits).
     "progressive": ["train.progressive.enabled=true", "train.progressive.stage_ends=[0.1,0.15,0.2,0.25,0.3,0.35,1.0]"],
+    "random3": ["train.num_random=3"],  # the same step cost as `named_students`, every student random
     # A diagnostic, not a recipe: the random students are replaced by the three middle reference archs themselves,
     # every step. It separates the two reasons a middle arch can trail: too few steps spent on it (coverage), which
     # this removes, or the other archs pulling the shared weights elsewhere (interference), which it keeps.
-    "random3": ["train.num_random=3"],  # the same step cost as `named_students`, every student random
     "named_students": ["train.num_random=3"],
     # The same in a quarter of the steps (drawn per step), 3 random students in the others: how large a share of the
     # training an arch needs to come out as good as alone.
@@ -227,7 +227,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.list:
         for name, overrides in VARIANTS.items():
-            print(f"{name:14s} {' '.join(overrides) or '(the experiment as configured)'}")
+            note = f" (diagnostic: the students are the reference archs in {NAMED_SHARE[name]:.0%} of the steps)"
+            shown = " ".join(overrides) or "(the experiment as configured)"
+            print(f"{name:14s} {shown}{note if name in NAMED_SHARE else ''}")
         return
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
@@ -286,16 +288,14 @@ def main() -> None:
     for v in columns:
         per_seed = [statistics.mean(r[f"{v}_seeds"][k] - r["scratch"] for r in rows) for k in range(len(args.seeds))]
         gaps = [r[v] - r["scratch"] for r in rows]  # of the seeds' mean accuracy
-        secs = statistics.mean(seconds[(v.removesuffix("+ft"), s)] for s in args.seeds)
-        if v.endswith("+ft"):  # what one shipped arch costs: the supernet, then its own fine-tuning (the dearest)
+        trained = v.removesuffix("+ft")  # the variant whose supernets these are
+        secs = statistics.mean(seconds[(trained, s)] for s in args.seeds)
+        overrides = list(VARIANTS[trained])
+        if v != trained:  # what one shipped arch costs: the supernet, then its own fine-tuning (the dearest arch's)
             secs += max(ft_seconds.values())
+            overrides.append(f"nas-export finetune.epochs={args.finetune_epochs} train_subset={args.finetune_images}")
         variants[v] = {
-            "overrides": VARIANTS[v.removesuffix("+ft")]
-            + (
-                [f"nas-export finetune.epochs={args.finetune_epochs} finetune.train_subset={args.finetune_images}"]
-                if v.endswith("+ft")
-                else []
-            ),
+            "overrides": overrides,
             "mean_gap": statistics.mean(gaps),
             "mean_gap_sd": statistics.stdev(per_seed) if len(per_seed) > 1 else None,
             "mean_gap_per_seed": per_seed,
