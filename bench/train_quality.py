@@ -227,9 +227,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.list:
         for name, overrides in VARIANTS.items():
-            note = f" (diagnostic: the students are the reference archs in {NAMED_SHARE[name]:.0%} of the steps)"
             shown = " ".join(overrides) or "(the experiment as configured)"
-            print(f"{name:14s} {shown}{note if name in NAMED_SHARE else ''}")
+            if name in NAMED_SHARE:
+                shown += f" (diagnostic: the students are the reference archs in {NAMED_SHARE[name]:.0%} of the steps)"
+            print(f"{name:14s} {shown}")
         return
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
