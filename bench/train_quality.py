@@ -113,7 +113,7 @@ def train_scratch(space, config, arch, cfg, dm) -> torch.nn.Module:
     """The arch alone: initialised like the supernet (extracted from a fresh one), trained with the same recipe."""
     torch.manual_seed(cfg.seed)
     fresh = build_supernet(space, config)
-    sub = extract_subnet(fresh, arch, qat=True).train()
+    sub = extract_subnet(fresh, arch, qat=True)
     module = SubnetModule(sub, dict(cfg.train))
     trainer = L.Trainer(
         **{**dict(cfg.trainer), "enable_progress_bar": False},

@@ -111,7 +111,6 @@ def finetune(net: Supernet, sub: torch.nn.Module, info: dict, cfg: DictConfig) -
         sub, {"lr": cfg.finetune.lr, "warmup_fraction": 0.0, "seed": cfg.seed}, teacher=lambda x: net(x, largest)
     )
     L.seed_everything(cfg.seed, verbose=False)
-    sub.train()  # extracted from a supernet in eval mode; Lightning keeps a module's mode (and warns about it)
     trainer = L.Trainer(
         max_epochs=cfg.finetune.epochs,
         accelerator="cpu",

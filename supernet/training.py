@@ -308,7 +308,8 @@ class SubnetModule(L.LightningModule):
 
     def __init__(self, subnet: torch.nn.Module, train: dict, teacher=None) -> None:
         super().__init__()
-        self.net = subnet
+        # A subnet extracted from a supernet in eval mode keeps that mode, and Lightning keeps a module's mode at fit.
+        self.net = subnet.train()
         self.cfg = resolve_train_config(train)
         self._teacher = [teacher]  # in a list: a teacher module must not become a trained/checkpointed submodule
         self.metric = "loss" if subnet.config.task == "lm" else "acc"
