@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from supernet import functional as fn
 from supernet.arch import Arch
@@ -33,6 +34,7 @@ class Supernet(nn.Module):
             )
         self.space = space
         self.config = config
+        self.grad_checkpointing = False  # a training setting (train.grad_checkpointing), not part of the model
         embed_max = space.embed_dim[-1]
         hidden_max = round(space.mlp_ratio[-1] * embed_max)
         odd = [h for h in space.num_heads if h % config.kv_group]
@@ -106,7 +108,11 @@ class Supernet(nn.Module):
         kept = self.config.kept_layers(arch.depth)  # elastic depth: the first `depth` blocks, or the best ranked
         for i in range(max(depths)):
             blk = self.blocks[kept[i]]
-            h = blk(h, arch.num_heads[i], arch.ffn_hidden(i), arch.w_bits[i], arch.a_bits, self.config.causal)
+            args = (arch.num_heads[i], arch.ffn_hidden(i), arch.w_bits[i], arch.a_bits, self.config.causal)
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                h = checkpoint(blk, h, *args, use_reentrant=False)
+            else:
+                h = blk(h, *args)
             if i + 1 in depths:
                 out[i + 1] = self.output(h, self.head_weights(arch, i + 1))
         return out

@@ -62,6 +62,9 @@ class TrainConfig:
     # Exponential moving average of the weights (BigNAS), updated every step with this decay: validation scores it and
     # the trained supernet is the average. None: the plain weights.
     ema_decay: float | None = None
+    # Recompute each block's activations in the backward pass instead of keeping them (torch.utils.checkpoint):
+    # the memory of a step's activations falls to one block's, for about a third more compute.
+    grad_checkpointing: bool = False
     reference_archs: int = 3  # validation also reports this many fixed archs spread over the space by MACs
     progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
     check_rank_sync: bool = False  # DDP: all-gather each step's archs and fail if ranks disagree

@@ -115,6 +115,7 @@ class SupernetModule(L.LightningModule):
         self.model_config = ModelConfig.from_config(model)
         self.cfg = train
         self.net = build_supernet(self.space, self.model_config)
+        self.net.grad_checkpointing = train["grad_checkpointing"]
         self.eval_archs = reference_archs(self.space, self.model_config, train["reference_archs"], train["seed"])
         self.sampler = None  # built in on_fit_start, when the total number of steps is known
         # The step count the LR schedule and the progressive stages are laid out over: fixed by the first run and
@@ -135,8 +136,11 @@ class SupernetModule(L.LightningModule):
         if not self._pretrained:
             return None
         teacher = self._pretrained[0]
+        param = next(self.net.parameters())
+        # The teacher runs in the trained net's precision (bf16-true: one bf16 copy, half the memory of float32).
+        teacher.to(device=param.device, dtype=param.dtype)
         with torch.no_grad():
-            return teacher.to(x.device)(x, teacher.space.largest())
+            return teacher(x, teacher.space.largest())
 
     # ---- sampling ---------------------------------------------------------------------------------------------------
 

@@ -10,7 +10,9 @@ import numpy as np
 import onnx
 import torch
 
-MIN_VERSION = (1, 20)  # MatMulNBits with 2/8 bits and a bias input
+MIN_VERSION = (1, 20)
+# protobuf serializes at most 2 GiB; past this size (with headroom for the graph) tensors go to an external data file
+EXTERNAL_DATA_BYTES = 1_800_000_000  # MatMulNBits with 2/8 bits and a bias input
 FALLBACK = "measure with latency.runtime=torch (a float simulation) instead"
 
 
@@ -39,9 +41,35 @@ def session_options(threads: int, optimized_path: str | None = None):
     return so
 
 
+def is_large(model: onnx.ModelProto) -> bool:
+    """Whether `model` is past what protobuf can serialize in one message (so its tensors must go to a file)."""
+    return model.ByteSize() > EXTERNAL_DATA_BYTES
+
+
+def save_model(model: onnx.ModelProto, path: str | Path) -> Path:
+    """Write `model` to `path`; past protobuf's 2 GiB its tensors go to `<name>.data` beside it (ONNX external
+    data, which `onnx.load` and ONNX Runtime read from the same folder). `model` holds its tensors again after."""
+    path = Path(path)
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)  # external data is appended to: a stale file would grow
+    if not is_large(model):
+        onnx.save(model, str(path))
+        return path
+    # Saving moves the tensors out of the proto in place (no second copy of a model this size); read them back.
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
+                    size_threshold=1024)  # fmt: skip
+    onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+    return path
+
+
 def make_session(model: onnx.ModelProto | bytes | str | Path, threads: int = 1):
-    """A CPU session for `model` (a proto, its bytes, or a path)."""
+    """A CPU session for `model` (a proto, its bytes, or a path); a proto past 2 GiB is loaded through a temporary
+    file with external data."""
     if isinstance(model, onnx.ModelProto):
+        if is_large(model):
+            with tempfile.TemporaryDirectory() as tmp:
+                path = save_model(model, Path(tmp) / "model.onnx")
+                return ort().InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
         model = model.SerializeToString()
     elif isinstance(model, Path):
         model = str(model)
@@ -63,9 +91,8 @@ def executed_ops(model: onnx.ModelProto, threads: int = 1) -> list[str]:
     """Op types of the graph ONNX Runtime runs after its optimizations (constant folding, fusions)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "optimized.onnx")
-        ort().InferenceSession(
-            model.SerializeToString(), session_options(threads, path), providers=["CPUExecutionProvider"]
-        )
+        source = str(save_model(model, Path(tmp) / "model.onnx")) if is_large(model) else model.SerializeToString()
+        ort().InferenceSession(source, session_options(threads, path), providers=["CPUExecutionProvider"])
         return [n.op_type for n in onnx.load(path, load_external_data=False).graph.node]
 
 
