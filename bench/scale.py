@@ -212,34 +212,42 @@ def _train_step(name: str, spec: dict[str, Any], work: Path, elastic: bool) -> d
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
-    from supernet.training import SupernetModule
+    from supernet.extract import extract_subnet
+    from supernet.training import SubnetModule, SupernetModule
 
     net, _ = _load_net(work, name)
-    train = {"sampler": "sandwich", "lr": 1e-5, "warmup_fraction": 0.0, "reference_archs": 0,
-             "grad_checkpointing": True}  # fmt: skip
-    if elastic:
-        train.update(num_random=2, teacher="pretrained")
-    else:  # plain fine-tuning: the largest arch alone, on the labels
-        train.update(num_random=0, smallest_fraction=0.0)
-    module = SupernetModule(net.space.to_dict(), net.config.to_dict(), train)
-    module.net.load_state_dict(net.state_dict())
-    if elastic:
+    train = {"lr": 1e-5, "warmup_fraction": 0.0, "reference_archs": 0, "grad_checkpointing": True}
+    if elastic:  # the sandwich (largest, smallest, 2 random), every arch distilled from the frozen pretrained model
+        train.update(sampler="sandwich", num_random=2, teacher="pretrained")
+        module = SupernetModule(net.space.to_dict(), net.config.to_dict(), train)
+        module.net.load_state_dict(net.state_dict())
         module.set_pretrained_teacher(net)  # cast to the training precision by the module (one bf16 copy)
+    else:  # plain fine-tuning of the same model: the imported model as a static module, on the labels alone
+        module = SubnetModule(extract_subnet(net, net.space.largest()), train)
     del net
     x = _inputs(spec, spec["batch"], min(spec["seq"], TRAIN_SEQ))
     loader = DataLoader(TensorDataset(x, _targets(spec, x)), batch_size=spec["batch"])
+    step: dict[str, float] = {}
+
+    class StepMemory(L.Callback):
+        """Resident memory at the step's start and its peak during the step alone (not the loading before it)."""
+
+        def on_train_batch_start(self, *args) -> None:
+            _reset_peak()
+            step["start_gb"], step["t0"] = _hwm_gb(), time.perf_counter()
+
+        def on_train_batch_end(self, *args) -> None:
+            step["peak_gb"], step["s"] = _hwm_gb(), time.perf_counter() - step["t0"]
+
     trainer = L.Trainer(accelerator="cpu", precision="bf16-true", max_steps=1, limit_val_batches=0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0)  # fmt: skip
-    _reset_peak()
-    t0 = time.perf_counter()
+                        num_sanity_val_steps=0, callbacks=[StepMemory()])  # fmt: skip
     trainer.fit(module, train_dataloaders=loader)
-    step_s = time.perf_counter() - t0
-    step_peak = _hwm_gb()
+    step_s, step_peak = step["s"], step["peak_gb"]
     tokens = len(x) * (spec["seq"] if x.is_floating_point() else x.shape[1])
     archs = 4 if elastic else 1
-    return {"step_s": step_s, "step_peak_gb": step_peak, "tokens": tokens, "archs_trained": archs,
-            "tokens_per_s": tokens / step_s, "arch_tokens_per_s": tokens * archs / step_s,
+    return {"step_s": step_s, "step_start_gb": step["start_gb"], "step_peak_gb": step_peak, "tokens": tokens,
+            "archs_trained": archs, "tokens_per_s": tokens / step_s, "arch_tokens_per_s": tokens * archs / step_s,
             "loss": float(trainer.callback_metrics["train/loss"])}  # fmt: skip
 
 

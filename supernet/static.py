@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from supernet import functional as fn
 from supernet.arch import Arch
@@ -104,10 +105,12 @@ class StaticSubnet(nn.Module):
         self.blocks = nn.ModuleList(
             StaticBlock(e, arch.num_heads[i], arch.ffn_hidden(i), arch.a_bits, config) for i in range(arch.depth)
         )
+        self.grad_checkpointing = False  # a training setting (train.grad_checkpointing), as on the supernet
 
     def trunk(self, h: torch.Tensor) -> torch.Tensor:
+        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for blk in self.blocks:
-            h = blk(h)
+            h = checkpoint(blk, h, use_reentrant=False) if recompute else blk(h)
         return h
 
 

@@ -315,6 +315,7 @@ class SubnetModule(L.LightningModule):
         # A subnet extracted from a supernet in eval mode keeps that mode, and Lightning keeps a module's mode at fit.
         self.net = subnet.train()
         self.cfg = resolve_train_config(train)
+        self.net.grad_checkpointing = self.cfg["grad_checkpointing"]
         self._teacher = [teacher]  # in a list: a teacher module must not become a trained/checkpointed submodule
         self.metric = "loss" if subnet.config.task == "lm" else "acc"
 
