@@ -39,6 +39,8 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 register()  # the `train` group's typed schema, before any config is composed
 # Keys whose change a resume accepts: how to run (devices, precision, limits, epochs), not what is trained.
 RESUMABLE_CHANGES = ("trainer",)
+# Train settings that change how a step is computed, not what it computes (memory for compute): free on resume too.
+HOW_TO_RUN_TRAIN_KEYS = ("grad_checkpointing",)
 
 
 def model_config(cfg_model: dict, spec: dict) -> ModelConfig:
@@ -60,12 +62,15 @@ def check_checkpoint(path: Path, hparams: dict[str, Any]) -> None:
         ) from None
     saved = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
     for part in ("space", "model", "train", "data"):
-        old = with_new_defaults(part, saved.get(part))
-        if old != hparams[part]:
-            diff = _first_difference(old, hparams[part])
+        old, new = with_new_defaults(part, saved.get(part)), hparams[part]
+        if part == "train" and isinstance(old, dict):
+            old = {**old, **{k: new[k] for k in HOW_TO_RUN_TRAIN_KEYS if k in new}}
+        if old != new:
+            diff = _first_difference(old, new)
+            free = [f"{k}.*" for k in RESUMABLE_CHANGES] + [f"train.{k}" for k in HOW_TO_RUN_TRAIN_KEYS]
             raise ValueError(
                 f"cannot resume: checkpoint {path} was trained with another {part} config ({part}.{diff}); "
-                f"only {', '.join(RESUMABLE_CHANGES)}.* may change on resume: choose another run_name or revert it"
+                f"only {', '.join(free)} may change on resume: choose another run_name or revert it"
             )
 
 

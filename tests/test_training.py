@@ -145,6 +145,8 @@ def test_resume_refuses_foreign_and_corrupt_checkpoints(tmp_path) -> None:
     changed = {**now, "train": {**now["train"], "smallest_fraction": 0.5}}
     with pytest.raises(ValueError, match=r"another train config \(train.smallest_fraction: was 1.0, now 0.5\)"):
         check_checkpoint(older, changed)
+    # Gradient checkpointing trades memory for compute, the same arithmetic: a resume may switch it.
+    check_checkpoint(older, {**now, "train": {**now["train"], "grad_checkpointing": True}})
     changed = {**now, "model": {**now["model"], "zero_init_residual": True}}
     with pytest.raises(ValueError, match=r"another model config \(model.zero_init_residual: was False, now True\)"):
         check_checkpoint(older, changed)
