@@ -225,3 +225,24 @@ def test_an_arch_the_stock_config_cannot_express_says_why() -> None:
 def test_every_family_is_listed() -> None:
     assert set(FAMILIES) == set(MODELS.values())
     assert default_space  # the derived space is public API
+
+
+@pytest.mark.parametrize("family", sorted(MODELS))
+def test_a_model_too_large_for_the_memory_is_refused_before_loading(family: str, tmp_path, monkeypatch) -> None:
+    """The parameter count comes from the config alone (meta device) and equals the loaded model's; when the
+    estimate exceeds the available memory, one line names both and no weight is read."""
+    from supernet.hf import memory
+
+    model = tiny_model(family, 0)
+    model.save_pretrained(str(tmp_path))
+    cls = getattr(transformers, MODELS[family])
+    params = memory.count_params(model.config, cls)
+    assert params == sum(p.numel() for p in model.parameters())
+    monkeypatch.setattr(memory, "available_bytes", lambda: int(params * memory.IMPORT_BYTES_PER_PARAM) - 1)
+    (tmp_path / "model.safetensors").write_bytes(b"damaged: must not be read")
+    with pytest.raises(ValueError, match=r"needs about .* GB .* but .* GB is available; free memory") as e:
+        load_pretrained(str(tmp_path))
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="needs about 11.5 GB"):
+        memory.check_import_fits("big", 2**30, available=2**30)
+    memory.check_import_fits("fits", 1000, available=2**30)

@@ -13,6 +13,7 @@ import torch
 from supernet.config import ModelConfig
 from supernet.hf import quiet_transformers
 from supernet.hf.families import FAMILIES, Family, Sizes, Unsupported, family_of
+from supernet.hf.memory import check_import_fits, count_params
 from supernet.model import Supernet, build_supernet
 from supernet.space import SearchSpace
 
@@ -41,6 +42,7 @@ def load_pretrained(source: str) -> torch.nn.Module:
             f"{source}: architecture {names or cfg.model_type!r} is not supported; supported: {', '.join(FAMILIES)}"
         )
     cls = getattr(transformers, found)
+    check_import_fits(source, count_params(cfg, cls))  # before a byte of weights is read
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
