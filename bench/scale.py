@@ -421,6 +421,75 @@ def fit_exponents(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, flo
     return out
 
 
+def _cell(r: dict[str, Any] | None, text) -> str:
+    if r is None:
+        return "not run"
+    if "error" in r:
+        return "fails: " + r["error"][:60]
+    return text(r)
+
+
+def report(results: dict[str, Any]) -> str:
+    """The ladder as Markdown: one row per model, one column per stage (wall time and peak memory), then the
+    growth exponents."""
+    gb = "{:.1f} GB".format
+    lines = [
+        f"# Scale ladder ({results['_meta']['date']}, {results['_meta']['cpu']}, {THREADS} threads)",
+        "",
+        "Command: `python bench/scale.py` (random weights from the published configs; one process per stage; wall "
+        "time of the stage's work, peak = the process's maximum resident memory, libraries included).",
+        "",
+        "| model | params | import | exact (rel.) | plain step | elastic step (4 archs) | elastic ÷ plain memory, "
+        "arch-tokens/s | kernel table | graphs (3 archs) | ORT latency (largest w8 / smallest / random) | eval per "
+        "100 examples (largest) | export + reload |",
+        "|" + " --- |" * 12,
+    ]
+    for name, r in results.items():
+        if name.startswith("_"):
+            continue
+        st = r["stages"]
+        p, e = st.get("plain"), st.get("elastic")
+        ratio = "—"
+        if p and e and "error" not in p and "error" not in e:
+            ratio = (f"{e['step_peak_gb'] / p['step_peak_gb']:.2f}×, "
+                     f"{e['arch_tokens_per_s'] / p['arch_tokens_per_s']:.2f}×")  # fmt: skip
+        k = st.get("kernels")
+        lat = st.get("latency")
+
+        def ms(x):
+            return " / ".join(f"{v:.0f}" for v in x["latency_ms"].values()) + f" ms at {x['tokens']} tokens"
+
+        def exp(x):
+            return (f"{x['wall_s']:.0f} s, {gb(x['peak_gb'])}, max Δ "
+                       f"{max(x['reload_max_abs_diff'].values()):.0e}")  # fmt: skip
+
+        row = [
+            name,
+            f"{r.get('params', 0) / 1e6:.0f} M",
+            _cell(st.get("import"), lambda x: f"{x['wall_s']:.0f} s, {gb(x['peak_gb'])}"),
+            _cell(st.get("exact"), lambda x: f"{x['relative']:.1e}"),
+            _cell(p, lambda x: f"{x['step_s']:.1f} s, {gb(x['step_peak_gb'])}"),
+            _cell(e, lambda x: f"{x['step_s']:.1f} s, {gb(x['step_peak_gb'])}"),
+            ratio,
+            _cell(k, lambda x: f"{x['distinct_shapes']} shapes, {x['table_s']:.0f} s"),
+            _cell(k, lambda x: f"{x['graph_s']:.1f} s, {gb(x['peak_gb'])}"),
+            _cell(lat, ms),
+            _cell(st.get("eval"), lambda x: f"{x['archs']['largest_w8']['s_per_100']:.0f} s"),
+            _cell(st.get("export"), exp),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "Growth with the parameter count (least squares in log-log over the models that ran the stage):",
+        "",
+        "| stage | time ∝ P^b | memory above the libraries' baseline ∝ P^b | models |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for stage, f in results.get("_exponents", {}).items():
+        lines.append(f"| {stage} | {f['wall_s']:.2f} | {f['peak_gb']:.2f} | {f['models']} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS))
@@ -456,6 +525,7 @@ def main() -> None:
     results.setdefault("_meta", {}).update({"cpu": cpu, "threads": THREADS, "date": time.strftime("%Y-%m-%d")})
     results["_exponents"] = fit_exponents({k: v for k, v in results.items() if not k.startswith("_")})
     out.write_text(json.dumps(results, indent=1))
+    out.with_suffix(".md").write_text(report(results))
     for stage, f in results["_exponents"].items():
         print(f"exponent {stage:8s} time ∝ P^{f['wall_s']:.2f}, memory above baseline ∝ P^{f['peak_gb']:.2f} "
               f"({f['models']} models)")  # fmt: skip

@@ -35,6 +35,12 @@ from supernet.runtime.session import check_runtime, make_session
 
 TOLERANCE = 1e-4  # relative to the output's magnitude: float reordering passes, one flipped activation code fails
 _REPEATS, _NUMBER = 11, 8
+# Timing budget of one shape's kernels: small shapes (sub-millisecond calls) get all _REPEATS × _NUMBER calls, as
+# always; a real model's long calls (a 2048-wide linear on 2048 tokens takes about a second on 2 cores) get fewer
+# calls per repeat and fewer repeats (at least 3), so the table's cost grows with its shapes' compute, not 88 calls
+# of each whatever they cost.
+_BUDGET_S = 2.0
+_MIN_REPEATS = 3
 
 
 def cpu_name() -> str:
@@ -103,15 +109,23 @@ def measure_linear(k_in: int, n_out: int, w_bits: int, a_bits: int, tokens: int,
 def _time_kernels(sessions: dict, feed: dict) -> dict[str, float]:
     """Best µs per call of each session."""
     best = {k: float("inf") for k in sessions}
-    for s in sessions.values():  # warm-up
+    call: dict[str, float] = {}
+    for k, s in sessions.items():  # warm-up: the last call also sizes the timing
         for _ in range(3):
+            t0 = time.perf_counter()
             s.run(None, feed)
-    for _ in range(_REPEATS):  # interleaved, so machine noise hits every kernel alike; the minimum is the estimate
+            call[k] = time.perf_counter() - t0
+            if call[k] > _BUDGET_S / 20:  # a long call is warm after one run
+                break
+    total = max(sum(call.values()), 1e-9)  # one call of every kernel
+    number = max(1, min(_NUMBER, round(_BUDGET_S / (_REPEATS * total))))
+    repeats = max(_MIN_REPEATS, min(_REPEATS, int(_BUDGET_S / (number * total))))
+    for _ in range(repeats):  # interleaved, so machine noise hits every kernel alike; the minimum is the estimate
         for k, s in sessions.items():
             t0 = time.perf_counter()
-            for _ in range(_NUMBER):
+            for _ in range(number):
                 s.run(None, feed)
-            best[k] = min(best[k], (time.perf_counter() - t0) / _NUMBER * 1e6)
+            best[k] = min(best[k], (time.perf_counter() - t0) / number * 1e6)
     return best
 
 
