@@ -15,7 +15,7 @@ import torch
 from supernet.extract import extract_subnet
 from supernet.runtime import session as session_mod
 from supernet.runtime.graph import build_runtime_model
-from supernet.runtime.kernels import float_plan
+from supernet.runtime.kernels import TOLERANCE, float_plan
 from supernet.subnet_io import pack_subnet
 from tests.conftest import sample_input
 
@@ -150,3 +150,25 @@ def test_scale_ladder_stages_on_a_tiny_llama(tmp_path, monkeypatch):
     assert max(out["export"]["reload_max_abs_diff"].values()) <= 1e-4 * max(1.0, out["export"]["max_abs_logit"])
     assert "model.onnx" in out["export"]["files_bytes"]
     sys.modules.pop("scale", None)
+
+
+def test_runtime_graph_holds_no_table_of_the_longest_context_squared():
+    """The causal mask is built from the sequence length at run time: a model with a long context (here 4,096
+    positions; Llama-3.2 has 131,072, a 64 GiB table) gets no (block_size, block_size) constant, and still computes
+    the supernet's logits."""
+    from supernet.config import ModelConfig
+    from supernet.model import build_supernet
+    from supernet.space import SearchSpace
+
+    space = SearchSpace(depth=[1, 2], embed_dim=[16, 32], num_heads=[2, 4], mlp_ratio=[1, 2], w_bits=[8, 32])
+    config = ModelConfig(task="lm", vocab_size=32, block_size=4096, head_dim=8, norm="rms", positions="rope",
+                         gated_ffn=True, activation="silu", kv_group=2, linear_bias=False)  # fmt: skip
+    torch.manual_seed(0)
+    net = build_supernet(space, config).eval()
+    arch = space.largest()
+    model = _runtime_model(net, arch)
+    assert max(int(np.prod(t.dims)) for t in model.graph.initializer) < config.block_size**2 // 64
+    x = torch.randint(0, 32, (2, 24))
+    with torch.no_grad():
+        want = net(x, arch).numpy()
+    assert np.abs(session_mod.run(model, x) - want).max() <= TOLERANCE * max(1.0, np.abs(want).max())

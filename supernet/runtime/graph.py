@@ -185,10 +185,14 @@ def _token_stem(g: Graph, tensors: dict, config: ModelConfig) -> tuple[onnx.Valu
     return inp, x, seq
 
 
-def _causal_mask(g: Graph, seq: str, block_size: int) -> str:
-    full = np.triu(np.full((block_size, block_size), -np.inf, np.float32), k=1)
-    ends = g.op("Concat", [seq, seq], axis=0)
-    return g.op("Slice", [g.init(full, "causal_mask"), g.const([0, 0], np.int64), ends, g.const([0, 1], np.int64)])
+def _causal_mask(g: Graph, seq: str) -> str:
+    """(T, T) additive mask, -inf above the diagonal, built at run time from the sequence length: a constant table
+    for the model's longest context would hold block_size² floats (64 GiB at Llama-3.2's 131,072 positions)."""
+    end = g.op("Squeeze", [seq, g.const([0], np.int64)])  # T as a scalar
+    pos = g.op("Range", [g.const(0, np.int64), end, g.const(1, np.int64)])  # (T,)
+    later = g.op("Greater", [g.op("Unsqueeze", [pos, g.const([0], np.int64)]),
+                             g.op("Unsqueeze", [pos, g.const([1], np.int64)])])  # (T, T): key after query  # fmt: skip
+    return g.op("Where", [later, g.const(-np.inf), g.const(0.0)])
 
 
 def _rope_inputs(g: Graph, config: ModelConfig, seq: str | None) -> tuple[str, str] | None:
@@ -212,7 +216,7 @@ def build_runtime_model(arch: Arch, config: ModelConfig, arrays: dict[str, np.nd
     else:
         inp, x, seq = _token_stem(g, tensors, config)
         if config.causal:
-            mask = _causal_mask(g, seq, config.block_size)
+            mask = _causal_mask(g, seq)
     rope = _rope_inputs(g, config, seq)
     for i in range(arch.depth):
         x = _block(g, x, tensors, i, arch, config, plan[i], mask, rope)
