@@ -320,44 +320,47 @@ def stage_export(name: str, spec: dict[str, Any], work: Path) -> dict[str, Any]:
     import torch
     from safetensors.numpy import load_file
 
+    from supernet.config import ModelConfig
     from supernet.extract import extract_subnet
     from supernet.hf.load import load_pretrained
     from supernet.hf.save import hf_logits, save_hf
     from supernet.runtime.graph import build_runtime_model
     from supernet.runtime.kernels import float_plan
     from supernet.runtime.session import run, save_model
-    from supernet.subnet_io import WEIGHTS_NAME, load_subnet, save_subnet
+    from supernet.subnet_io import WEIGHTS_NAME, load_subnet, read_arch_yaml, save_subnet
 
     net, info = _load_net(work, name)
     arch = net.space.largest()  # the largest arch: the biggest files, and the one that must equal the original
     out = work / name / "export"
     shutil.rmtree(out, ignore_errors=True)
+    x = _inputs(spec, 1, min(spec["seq"], 64))
     times: dict[str, float] = {}
+    # One copy of the model at a time: each artifact is written from the packed weights, as nas-export writes them.
     t0 = time.perf_counter()
     sub = extract_subnet(net, arch)
     del net
+    with torch.no_grad():
+        want = sub(x)
     save_subnet(sub, out)
+    del sub
     times["packed_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     arrays = load_file(str(out / WEIGHTS_NAME))
-    model = build_runtime_model(arch, sub.config, arrays, float_plan(arch))
+    config = ModelConfig.from_config(read_arch_yaml(out)["model"])
+    model = build_runtime_model(arch, config, arrays, float_plan(arch))
     del arrays
     onnx_path = save_model(model, out / "model.onnx")
     del model
     times["onnx_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    save_hf(sub, info["pretrained"], out / "hf")
-    times["hf_s"] = time.perf_counter() - t0
-    x = _inputs(spec, 1, min(spec["seq"], 64))
-    with torch.no_grad():
-        want = sub(x)
-    del sub
-    t0 = time.perf_counter()
     back = load_subnet(out)
+    times["reload_packed_s"] = time.perf_counter() - t0
     with torch.no_grad():
         d_packed = float((back(x) - want).abs().max())
+    t0 = time.perf_counter()
+    save_hf(back, info["pretrained"], out / "hf")
+    times["hf_s"] = time.perf_counter() - t0
     del back
-    times["reload_packed_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     d_onnx = float(np.abs(run(str(onnx_path), x, THREADS) - want.numpy()).max())
     times["reload_onnx_s"] = time.perf_counter() - t0
