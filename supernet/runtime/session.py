@@ -43,7 +43,8 @@ def session_options(threads: int, optimized_path: str | None = None):
 
 def is_large(model: onnx.ModelProto) -> bool:
     """Whether `model` is past what protobuf can serialize in one message (so its tensors must go to a file)."""
-    return model.ByteSize() > EXTERNAL_DATA_BYTES
+    # Summed per tensor: ByteSize() of the whole message itself fails past 2 GiB.
+    return sum(t.ByteSize() for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
 
 
 def save_model(model: onnx.ModelProto, path: str | Path) -> Path:
