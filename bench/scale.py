@@ -335,6 +335,12 @@ def stage_export(name: str, spec: dict[str, Any], work: Path) -> dict[str, Any]:
     shutil.rmtree(out, ignore_errors=True)
     x = _inputs(spec, 1, min(spec["seq"], 64))
     times: dict[str, float] = {}
+    peaks: dict[str, float] = {}
+
+    def phase(name: str) -> None:  # the peak resident memory of the phase that just ended, then a fresh count
+        peaks[name] = round(_hwm_gb(), 2)
+        _reset_peak()
+
     # One copy of the model at a time: each artifact is written from the packed weights, as nas-export writes them.
     t0 = time.perf_counter()
     sub = extract_subnet(net, arch)
@@ -344,6 +350,7 @@ def stage_export(name: str, spec: dict[str, Any], work: Path) -> dict[str, Any]:
     save_subnet(sub, out)
     del sub
     times["packed_s"] = time.perf_counter() - t0
+    phase("packed")
     t0 = time.perf_counter()
     arrays = load_file(str(out / WEIGHTS_NAME))
     config = ModelConfig.from_config(read_arch_yaml(out)["model"])
@@ -352,24 +359,30 @@ def stage_export(name: str, spec: dict[str, Any], work: Path) -> dict[str, Any]:
     onnx_path = save_model(model, out / "model.onnx")
     del model
     times["onnx_s"] = time.perf_counter() - t0
+    phase("onnx")
     t0 = time.perf_counter()
     back = load_subnet(out)
     times["reload_packed_s"] = time.perf_counter() - t0
+    phase("reload_packed")
     with torch.no_grad():
         d_packed = float((back(x) - want).abs().max())
     t0 = time.perf_counter()
     save_hf(back, info["pretrained"], out / "hf")
     times["hf_s"] = time.perf_counter() - t0
+    phase("hf")
     del back
     t0 = time.perf_counter()
     d_onnx = float(np.abs(run(str(onnx_path), x, THREADS) - want.numpy()).max())
     times["reload_onnx_s"] = time.perf_counter() - t0
+    phase("reload_onnx")
     t0 = time.perf_counter()
     d_hf = float((hf_logits(load_pretrained(str(out / "hf")), x) - want).abs().max())
     times["reload_hf_s"] = time.perf_counter() - t0
+    phase("reload_hf")
     files = {p.name: p.stat().st_size for p in out.iterdir() if p.is_file()}
     hf_bytes = sum(p.stat().st_size for p in (out / "hf").iterdir())
-    return {**times, "files_bytes": files, "hf_bytes": hf_bytes, "max_abs_logit": float(want.abs().max()),
+    return {**times, "phase_peak_gb": peaks, "files_bytes": files, "hf_bytes": hf_bytes,
+            "max_abs_logit": float(want.abs().max()),
             "reload_max_abs_diff": {"packed": d_packed, "onnx": d_onnx, "hf": d_hf}}  # fmt: skip
 
 

@@ -83,7 +83,7 @@ def pack_subnet(sub: StaticSubnet) -> dict[str, np.ndarray]:
             scales.append(s.reshape(-1).numpy())
         else:
             floats.append(t.reshape(-1).numpy())
-    cat = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
+    cat = lambda parts, dtype: np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)  # noqa: E731
     return {"codes": cat(codes, np.uint8), "scales": cat(scales, np.float32), "floats": cat(floats, np.float32)}
 
 

@@ -35,7 +35,7 @@ def _tensors(arrays: dict[str, np.ndarray], arch: Arch, config: ModelConfig) -> 
 
 def _floats(tensors: dict, name: str) -> np.ndarray:
     t = tensors[name]
-    return t.floats.reshape(t.shape).astype(np.float32)
+    return t.floats.reshape(t.shape).astype(np.float32, copy=False)  # a view: no second copy of the weights
 
 
 def _linear(tensors: dict, prefix: str) -> LinearWeights:

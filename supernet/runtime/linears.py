@@ -116,7 +116,7 @@ def _float_codes(g: Graph, w: LinearWeights, hint: str) -> str:
         ints = w.codes.view("<i1" if w.bits == 8 else "<i2").reshape(n_out, k_in)
         return g.op("Cast", [g.init(ints, f"{hint}_codes")], to=TensorProto.FLOAT)
     per_byte, mask = 8 // w.bits, (1 << w.bits) - 1
-    packed = g.init(w.codes.astype(np.uint8), f"{hint}_codes")
+    packed = g.init(w.codes.astype(np.uint8, copy=False), f"{hint}_codes")
     fields = []
     for i in range(per_byte):  # field i of every byte sits at bits [i*bits, (i+1)*bits), lowest first
         shifted = g.op("BitShift", [packed, g.const(i * w.bits, np.uint8)], direction="RIGHT") if i else packed
@@ -176,7 +176,7 @@ def emit_linear(g: Graph, x: str, w: LinearWeights, a_bits: int, kernel: str, hi
     n_out, k_in = w.shape
     if not supports(kernel, w.bits, a_bits, k_in):
         raise ValueError(f"kernel {kernel!r} cannot run w_bits={w.bits}, a_bits={a_bits} (K={k_in})")
-    bias = g.init(w.bias.astype(np.float32), f"{hint}_bias")
+    bias = g.init(w.bias.astype(np.float32, copy=False), f"{hint}_bias")
     if kernel == "float":
         if w.bits >= 32:
             weight_t = g.init(w.floats.reshape(n_out, k_in).T, f"{hint}_weight")
