@@ -19,6 +19,7 @@ Every row lands in a `MeasurementTable` (predictors/table.py) as soon as it is m
 from __future__ import annotations
 
 import math
+import re
 import statistics
 import time
 from collections.abc import Iterable, Sequence
@@ -77,13 +78,27 @@ class LatencyConfig:
             raise ValueError(f"latency.min_repeat_ms={self.min_repeat_ms!r} must be >= 0")
 
 
-def check_device(device: str) -> torch.device:
-    """The torch device for `device`, or one clear error when it is not usable here."""
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"latency device {device!r} is not supported; use cpu or cuda")
+def check_device(device: str, setting: str = "latency.device") -> torch.device:
+    """The torch device for `device` (the value of the config key `setting`), or one clear error when it is not
+    usable here."""
+    fix = f"use {setting.rsplit('.', 1)[-1]}=cpu"
+    if not isinstance(device, str) or (device not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", device)):
+        raise ValueError(f"{setting}={device!r} is not supported; use cpu, cuda or cuda:<index>")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"latency device {device!r} requested but no CUDA device is available here; use device=cpu")
+        raise ValueError(f"{setting}={device!r} requested but no CUDA device is available here; {fix}")
+    index = torch.device(device).index
+    if index is not None and index >= torch.cuda.device_count():
+        raise ValueError(f"{setting}={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); {fix}")
     return torch.device(device)
+
+
+def accuracy_target(device: str) -> dict[str, str]:
+    """Where quality (accuracy, loss) is evaluated: the device, its model and the torch version; recorded with every
+    measured table next to the latency target (accuracy is float32 arithmetic on either: the labels agree to
+    rounding, so the table compares only the kind of device, `cpu` or `cuda`)."""
+    dev = check_device(device, "accuracy_device")
+    name = cpu_name() if dev.type == "cpu" else torch.cuda.get_device_name(dev)
+    return {"device": device, "name": name, "torch": torch.__version__}
 
 
 def candidate_archs(space: SearchSpace, n: int, seed: int = 0) -> list[Arch]:
@@ -121,8 +136,9 @@ def evaluate(
     archs says how reliable one label is (predictors/reliability.py)."""
     model.eval()
     param = next(model.parameters(), None)
-    with measuring(device_key(param.device if param is not None else torch.device("cpu"))):
-        return _evaluate(model, batches, task, halves)
+    device = param.device if param is not None else torch.device("cpu")
+    with measuring(device_key(device)):
+        return _evaluate(model, batches, task, halves, device)
 
 
 def device_key(device: torch.device | str) -> str:
@@ -133,7 +149,9 @@ def device_key(device: torch.device | str) -> str:
     return device.type
 
 
-def _evaluate(model: torch.nn.Module, batches: Sequence, task: str, halves: bool) -> dict:
+def _evaluate(model: torch.nn.Module, batches: Sequence, task: str, halves: bool, device: torch.device) -> dict:
+    # The batches stay where they were made (the CPU); each moves to the model's device when it is scored.
+    batches = ((x.to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in batches)
     if task != "lm":  # classification: images, or token sequences (task "text")
         hits = torch.cat([(model(x).argmax(-1) == y).double() for x, y in batches])
         out = {"accuracy": 100.0 * float(hits.mean())}
@@ -145,7 +163,7 @@ def _evaluate(model: torch.nn.Module, batches: Sequence, task: str, halves: bool
         logits = model(x)
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2).double(), y, reduction="none")  # (B, T)
         sums.append(nll.sum(dim=1))
-        counts.append(torch.full((len(y),), y.shape[1], dtype=torch.float64))
+        counts.append(torch.full((len(y),), y.shape[1], dtype=torch.float64, device=device))
     s, c = torch.cat(sums), torch.cat(counts)
     loss = float(s.sum() / c.sum())
     out = {"loss": loss, "bpc": loss / math.log(2)}
@@ -330,14 +348,17 @@ def measure_arch(
     example: torch.Tensor,
     cfg: LatencyConfig,
     kernels: KernelTable | None = None,
+    accuracy_device: str | torch.device = "cpu",
 ) -> dict[str, float]:
     """Every metric of one arch: quality on `batches`, latency on `example` (in `cfg.runtime`), analytic costs.
 
-    Quality is scored on the extracted module (the supernet's arithmetic); the runtime model computes the same
-    arithmetic (tested), so the latency belongs to the model whose accuracy is reported.
+    Quality is scored on the extracted module (the supernet's arithmetic) on `accuracy_device` (where compute is: a
+    GPU), latency where `cfg` says (the deployment target: by default ONNX Runtime on this machine's CPU); the
+    runtime model computes the same arithmetic (tested), so the latency belongs to the model whose accuracy is
+    reported.
     """
     sub = extract_subnet(net, arch)
-    row: dict[str, float] = dict(evaluate(sub, batches, net.config.task, halves=True))
+    row: dict[str, float] = dict(evaluate(sub.to(accuracy_device), batches, net.config.task, halves=True))
     if cfg.runtime == "onnxruntime":
         if kernels is None:
             kernels = kernel_table(cfg, net.config, example)

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from predictors.measure import (
     LatencyConfig,
+    accuracy_target,
     candidate_archs,
     check_device,
     fixed_batches,
@@ -46,6 +47,9 @@ LATENCY_COLUMNS = ["latency_ms", "latency_iqr_ms", "latency_cv"]
 TABLE_NAME = "measurements.csv"
 SETTINGS_NAME = "measurements.json"
 KERNELS_NAME = "kernels.json"
+# Settings added since tables were first written, at the value every older table was measured with: a table without
+# the key compares as if it held this value (so it resumes), and one with it records it.
+SETTING_DEFAULTS: dict[str, Any] = {"accuracy_device": "cpu"}
 
 
 def quality_columns(task: str) -> list[str]:
@@ -98,6 +102,24 @@ def kernels_path(cfg: DictConfig) -> Path:
     return Path(cfg.run) / KERNELS_NAME
 
 
+def accuracy_device(cfg: DictConfig) -> str:
+    """Where quality is evaluated (`accuracy_device`: cpu, cuda or cuda:<index>; cpu where a config lacks it)."""
+    return str(cfg.get("accuracy_device") or "cpu")
+
+
+def accuracy_kind(cfg: DictConfig) -> str:
+    """The kind of device quality is evaluated on ("cpu" or "cuda"): what a table's rows must agree on. Which GPU
+    (or CPU) it was is recorded (`accuracy_target`) but not compared: float32 evaluation agrees to rounding."""
+    device = accuracy_device(cfg)
+    return "cuda" if device.startswith("cuda") else device
+
+
+def changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The keys of `current` whose value differs in `saved` (a key older tables lack compares at its default)."""
+    saved = {**SETTING_DEFAULTS, **saved}
+    return [k for k in current if saved.get(k) != current[k]]
+
+
 def settings(cfg: DictConfig, run: Path) -> dict[str, Any]:
     """Everything that changes what a measurement means: a resumed table must have been measured the same way."""
     artifact = run / "supernet.safetensors"
@@ -105,14 +127,16 @@ def settings(cfg: DictConfig, run: Path) -> dict[str, Any]:
         "supernet_sha256": hashlib.sha256(artifact.read_bytes()).hexdigest() if artifact.is_file() else None,
         "latency": OmegaConf.to_container(cfg.latency, resolve=True),
         "latency_target": latency_target(latency_config(cfg)),
+        "accuracy_device": accuracy_kind(cfg),
         "data_overrides": OmegaConf.to_container(cfg.data_overrides, resolve=True),
         "holdout_fraction": cfg.holdout_fraction,
         "seed": cfg.seed,
     }
 
 
-def check_settings(out: Path, current: dict[str, Any], create: bool) -> None:
-    """Refuse a table measured with other settings or another supernet; record the settings of a new table."""
+def check_settings(out: Path, current: dict[str, Any], create: bool, record: dict[str, Any] | None = None) -> None:
+    """Refuse a table measured with other settings or another supernet; record the settings of a new table (with
+    `record`: facts kept beside them but not compared, such as which GPU evaluated the accuracy)."""
     path = out / SETTINGS_NAME
     if not path.is_file():
         if (out / TABLE_NAME).is_file():
@@ -121,16 +145,15 @@ def check_settings(out: Path, current: dict[str, Any], create: bool) -> None:
             )
         if create:
             out.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(current, indent=2))
+            path.write_text(json.dumps({**current, **(record or {})}, indent=2))
         return
-    saved = json.loads(path.read_text())
-    for key in current:
-        if saved.get(key) != current[key]:
-            what = "the supernet changed since" if key == "supernet_sha256" else f"{key} was {saved.get(key)} for"
-            raise ValueError(
-                f"{out / TABLE_NAME}: {what} the rows already measured (now {current[key]}); use another out= "
-                "directory, or the same settings and supernet"
-            )
+    saved = {**SETTING_DEFAULTS, **json.loads(path.read_text())}
+    for key in changed_settings(saved, current):
+        what = "the supernet changed since" if key == "supernet_sha256" else f"{key} was {saved.get(key)} for"
+        raise ValueError(
+            f"{out / TABLE_NAME}: {what} the rows already measured (now {current[key]}); use another out= "
+            "directory, or the same settings and supernet"
+        )
 
 
 def prepare(cfg: DictConfig) -> tuple[Supernet, list, torch.Tensor, LatencyConfig]:
@@ -138,6 +161,7 @@ def prepare(cfg: DictConfig) -> tuple[Supernet, list, torch.Tensor, LatencyConfi
     net, info = load_supernet(Path(cfg.run))
     lat_cfg = latency_config(cfg)
     check_device(lat_cfg.device)
+    check_device(accuracy_device(cfg), "accuracy_device")
     latency_target(lat_cfg)  # a runtime that cannot run the kernels is one clear error before anything is measured
     dm = build_data(info, OmegaConf.to_container(cfg.data_overrides, resolve=True))
     dm.setup()
@@ -172,18 +196,22 @@ def reference_settings(net: Supernet, kernels, example: torch.Tensor, lat_cfg: L
 def _measure(cfg: DictConfig, run: Path, net: Supernet, batches: list, example: torch.Tensor, lat_cfg) -> Path:
     kernels = kernel_table(lat_cfg, net.config, example, kernels_path(cfg))
     current = {**settings(cfg, run), **reference_settings(net, kernels, example, lat_cfg)}
-    check_settings(Path(cfg.out), current, create=True)
+    where = {"accuracy_target": accuracy_target(accuracy_device(cfg))}
+    check_settings(Path(cfg.out), current, create=True, record=where)
     table = MeasurementTable(Path(cfg.out) / TABLE_NAME, table_columns(net.config.task))
     if table.dropped_partial_line:
         print("nas-measure: dropped a row cut short by an interruption; that arch is measured again")
     archs = candidate_archs(net.space, cfg.n_archs, seed=cfg.seed)
     todo = [a for a in archs if a.key() not in table]
     print(f"nas-measure: {len(archs)} candidates, {len(archs) - len(todo)} already measured, {len(todo)} to go")
+    lat_where = current["latency_target"]
+    print(f"nas-measure: quality on {where['accuracy_target']['device']} ({where['accuracy_target']['name']}), "
+          f"latency in {lat_where['runtime']} on {lat_where['device']}")  # fmt: skip
     torch.manual_seed(cfg.seed)
     bar = tqdm(todo, desc="measuring", unit="arch")
     for arch in bar:
         t0 = time.perf_counter()
-        row = measure_arch(net, arch, batches, example, lat_cfg, kernels)
+        row = measure_arch(net, arch, batches, example, lat_cfg, kernels, accuracy_device(cfg))
         row["key"], row["genes"] = arch.key(), genes_text(net.space, arch)
         row["split"] = split_of(arch, cfg.holdout_fraction, cfg.seed)
         row["seconds"] = round(time.perf_counter() - t0, 3)

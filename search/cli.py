@@ -23,7 +23,11 @@ from predictors.measure import kernel_table, latency_target
 from predictors.measure_cli import (
     COST_COLUMNS,
     LATENCY_COLUMNS,
+    SETTING_DEFAULTS,
     SETTINGS_NAME,
+    accuracy_device,
+    accuracy_kind,
+    changed_settings,
     kernels_path,
     latency_config,
     prepare,
@@ -40,14 +44,17 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def measurement_settings(cfg: DictConfig) -> dict[str, Any]:
-    """What a measured value depends on: the supernet file, the latency settings and the validation data."""
+    """What a measured value depends on: the supernet file, the latency settings, the validation data and where
+    quality is evaluated (only when not on the CPU, so that searches started before that setting existed resume)."""
     artifact = Path(cfg.run) / "supernet.safetensors"
-    return {
+    out = {
         "supernet_sha256": hashlib.sha256(artifact.read_bytes()).hexdigest(),
         "latency": OmegaConf.to_container(cfg.latency, resolve=True),
         "latency_target": latency_target(latency_config(cfg)),
         "data_overrides": OmegaConf.to_container(cfg.data_overrides, resolve=True),
     }
+    kind = accuracy_kind(cfg)
+    return out if kind == SETTING_DEFAULTS["accuracy_device"] else {**out, "accuracy_device": kind}
 
 
 def reusable_rows(cfg: DictConfig, settings: dict[str, Any], columns: list[str]) -> tuple[list[dict[str, str]], str]:
@@ -59,7 +66,7 @@ def reusable_rows(cfg: DictConfig, settings: dict[str, Any], columns: list[str])
     if not path.is_file() or not meta_path.is_file():
         return [], f"no measurements to reuse at {path}"
     saved = json.loads(meta_path.read_text())
-    differ = [k for k in settings if saved.get(k) != settings[k]]
+    differ = changed_settings(saved, {**SETTING_DEFAULTS, **settings})
     if differ:
         return [], f"not reusing {path}: measured with other {', '.join(differ)}"
     header = path.read_text().split("\n", 1)[0].split(",")
@@ -76,7 +83,7 @@ def build_search(cfg: DictConfig) -> RefinementSearch:
     columns = [*quality_columns(net.config.task), *LATENCY_COLUMNS, *COST_COLUMNS]
     kernels = kernel_table(lat_cfg, net.config, example, kernels_path(cfg))
     settings = {**measurement_settings(cfg), **reference_settings(net, kernels, example, lat_cfg)}
-    evaluator = SupernetEvaluator(net, batches, example, lat_cfg, columns, settings, kernels)
+    evaluator = SupernetEvaluator(net, batches, example, lat_cfg, columns, settings, kernels, accuracy_device(cfg))
     provenance = {"run": str(cfg.run), "supernet_sha256": settings["supernet_sha256"]}
     if search_cfg.backend == "optuna":
         from search.optuna_backend import OptunaSearch

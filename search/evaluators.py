@@ -38,7 +38,8 @@ class Evaluator(ABC):
 
 
 class SupernetEvaluator(Evaluator):
-    """Measures archs of a supernet: task metric on fixed batches, latency on `example`, analytic costs."""
+    """Measures archs of a supernet: task metric on fixed batches (on `accuracy_device`), latency on `example`,
+    analytic costs."""
 
     def __init__(
         self,
@@ -49,14 +50,15 @@ class SupernetEvaluator(Evaluator):
         columns: Sequence[str],
         settings: dict[str, Any] | None = None,
         kernels: KernelTable | None = None,
+        accuracy_device: str = "cpu",
     ) -> None:
         self.net, self.batches, self.example, self.latency = net, batches, example, latency
-        self.kernels = kernels
+        self.kernels, self.accuracy_device = kernels, accuracy_device
         self.columns = list(columns)
         self._settings = settings or {}
 
     def evaluate(self, arch: Arch) -> dict[str, float]:
-        row = measure_arch(self.net, arch, self.batches, self.example, self.latency, self.kernels)
+        row = measure_arch(self.net, arch, self.batches, self.example, self.latency, self.kernels, self.accuracy_device)
         return {c: float(row[c]) for c in self.columns}
 
     def settings(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from predictors.measure_cli import CONF_DIR, TABLE_NAME, measure_run
 from predictors.models import SklearnPredictor
 from predictors.table import MeasurementTable, writer_lock
 from supernet.artifact import read_metadata
+from supernet.runtime.kernels import cpu_name
 from supernet.train_cli import train
 from tests.conftest import ROOT
 from tests.test_training import FAST, make_cfg
@@ -174,3 +175,40 @@ def test_cli_error_line(tmp_path) -> None:
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert res.returncode == 2 and "nas-measure: error: no supernet artifact at" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_accuracy_device_is_recorded_and_a_table_keeps_one(trained, tmp_path) -> None:
+    """measurements.json records where quality was evaluated (accuracy_device, and which device it was) next to the
+    latency target; a table measured on another kind of device is refused, one written before the setting existed
+    resumes (it was measured on the CPU)."""
+    out = tmp_path / "where"
+    measure_run(measure_cfg(trained, "n_archs=3", f"out={out}", "accuracy_device=cpu"))
+    saved = json.loads((out / "measurements.json").read_text())
+    assert saved["accuracy_device"] == "cpu"
+    assert saved["accuracy_target"] == {"device": "cpu", "name": cpu_name(), "torch": torch.__version__}
+    assert saved["latency_target"]["runtime"].startswith("onnxruntime ")
+    on_gpu = {**saved, "accuracy_device": "cuda"}
+    (out / "measurements.json").write_text(json.dumps(on_gpu))
+    with pytest.raises(ValueError, match=r"accuracy_device was cuda for the rows already measured \(now cpu\)"):
+        measure_run(measure_cfg(trained, "n_archs=4", f"out={out}"))
+    older = {k: v for k, v in saved.items() if k not in ("accuracy_device", "accuracy_target")}
+    (out / "measurements.json").write_text(json.dumps(older))
+    measure_run(measure_cfg(trained, "n_archs=4", f"out={out}"))
+    assert len((out / TABLE_NAME).read_text().splitlines()) == 1 + 4
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_accuracy_device_without_a_gpu_is_one_clear_error(trained, tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"accuracy_device='cuda' requested but no CUDA device is available here; "
+                                         r"use accuracy_device=cpu"):  # fmt: skip
+        measure_run(measure_cfg(trained, "accuracy_device=cuda", f"out={tmp_path / 'o'}"))
+    with pytest.raises(ValueError, match=r"accuracy_device='tpu' is not supported; use cpu, cuda or cuda:<index>"):
+        measure_run(measure_cfg(trained, "accuracy_device=tpu", f"out={tmp_path / 'o'}"))
+    assert not (tmp_path / "o").exists()  # refused before anything was measured or written
+    res = subprocess.run([sys.executable, "-m", "predictors.measure_cli", f"run={trained}", "accuracy_device=cuda",
+                          f"out={tmp_path / 'o'}"], cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1] == (
+        "nas-measure: error: accuracy_device='cuda' requested but no CUDA device is available here; "
+        "use accuracy_device=cpu"
+    )

@@ -19,7 +19,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from predictors.measure_cli import measure_run
-from search.cli import CONF_DIR, build_search
+from search.cli import CONF_DIR, build_search, measurement_settings, reusable_rows
 from search.loop import STATE_NAME, TABLE_NAME
 from supernet import build_supernet
 from supernet.artifact import load_supernet, save_supernet
@@ -153,6 +153,26 @@ def test_init_from_measured_with_other_settings_is_ignored(run, measured, tmp_pa
     assert f"nas-search: no measurements to reuse at {tmp_path / 'nothing.csv'}" in buf.getvalue()
 
 
+def test_init_from_measured_on_another_kind_of_device_is_not_reused(run, measured, tmp_path) -> None:
+    """Rows whose quality was scored on a GPU are not reused by a search scoring on the CPU, nor the other way round;
+    a table written before accuracy_device existed was scored on the CPU."""
+    table = tmp_path / "m" / measured.name
+    shutil.copytree(measured.parent, table.parent, ignore=shutil.ignore_patterns(".*"))
+    meta = table.with_name("measurements.json")
+    saved = json.loads(meta.read_text())
+    columns = ["accuracy", "latency_ms"]
+    config = cfg(run, f"init_from={table}")
+    assert saved["accuracy_device"] == "cpu" and "accuracy_device" not in measurement_settings(config)
+    assert len(reusable_rows(config, measurement_settings(config), columns)[0]) == 12
+    meta.write_text(json.dumps({**saved, "accuracy_device": "cuda"}))
+    rows, note = reusable_rows(config, measurement_settings(config), columns)
+    assert rows == [] and note == f"not reusing {table}: measured with other accuracy_device"
+    meta.write_text(json.dumps({k: v for k, v in saved.items() if k not in ("accuracy_device", "accuracy_target")}))
+    assert len(reusable_rows(config, measurement_settings(config), columns)[0]) == 12
+    on_gpu = {**measurement_settings(config), "accuracy_device": "cuda"}  # what `accuracy_device=cuda` compares
+    assert reusable_rows(config, on_gpu, columns)[1] == f"not reusing {table}: measured with other accuracy_device"
+
+
 # ---- bad input -----------------------------------------------------------------------------------------------------
 
 # Every kind of bad input: overrides for a valid run, and the error it must give.
@@ -169,6 +189,8 @@ BAD_INPUT = {
         ["search.backend=optuna", "search.optuna.storage=sqlite:////nonexistent/dir/study.db"],
         r"cannot open the optuna storage 'sqlite:////nonexistent/dir/study\.db'",
     ),
+    # no machine has 100 GPUs: without CUDA "no CUDA device is available here", with it "this machine has N"
+    "accuracy_device": (["accuracy_device=cuda:99"], r"accuracy_device='cuda:99'.*; use accuracy_device=cpu"),
 }
 PATTERNS = {name: m for name, (_, m) in BAD_INPUT.items()} | {
     "missing_run": r"no supernet artifact at",
