@@ -318,16 +318,15 @@ def stage_eval(name: str, spec: dict[str, Any], work: Path) -> dict[str, Any]:
 
 def stage_export(name: str, spec: dict[str, Any], work: Path) -> dict[str, Any]:
     import torch
-    from safetensors.numpy import load_file
 
     from supernet.config import ModelConfig
     from supernet.extract import extract_subnet
     from supernet.hf.load import load_pretrained
     from supernet.hf.save import hf_logits, save_hf
-    from supernet.runtime.graph import build_runtime_model
+    from supernet.runtime.graph import write_runtime_model
     from supernet.runtime.kernels import float_plan
-    from supernet.runtime.session import run, save_model
-    from supernet.subnet_io import WEIGHTS_NAME, load_subnet, read_arch_yaml, save_subnet
+    from supernet.runtime.session import run
+    from supernet.subnet_io import WEIGHTS_NAME, load_subnet, read_arch_yaml, read_arrays, save_subnet
 
     net, info = _load_net(work, name)
     arch = net.space.largest()  # the largest arch: the biggest files, and the one that must equal the original
@@ -352,12 +351,11 @@ def stage_export(name: str, spec: dict[str, Any], work: Path) -> dict[str, Any]:
     times["packed_s"] = time.perf_counter() - t0
     phase("packed")
     t0 = time.perf_counter()
-    arrays = load_file(str(out / WEIGHTS_NAME))
+    arrays = read_arrays(out / WEIGHTS_NAME)
     config = ModelConfig.from_config(read_arch_yaml(out)["model"])
-    model = build_runtime_model(arch, config, arrays, float_plan(arch))
+    onnx_path = out / "model.onnx"
+    write_runtime_model(arch, config, arrays, float_plan(arch), onnx_path)
     del arrays
-    onnx_path = save_model(model, out / "model.onnx")
-    del model
     times["onnx_s"] = time.perf_counter() - t0
     phase("onnx")
     t0 = time.perf_counter()

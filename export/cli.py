@@ -28,7 +28,6 @@ import hydra
 import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
-from safetensors.numpy import load_file
 
 from predictors.measure import (
     LatencyConfig,
@@ -51,11 +50,11 @@ from supernet.costs import arch_costs
 from supernet.extract import extract_subnet
 from supernet.model import Supernet
 from supernet.qat import bake_weight_quantizers
-from supernet.runtime.graph import build_runtime_model
+from supernet.runtime.graph import build_runtime_model, write_runtime_model
 from supernet.runtime.kernels import KernelTable, float_plan
-from supernet.runtime.session import executed_ops, make_session, save_model
+from supernet.runtime.session import executed_ops, initializer_bytes, make_session
 from supernet.static import StaticSubnet
-from supernet.subnet_io import WEIGHTS_NAME, load_subnet, save_subnet
+from supernet.subnet_io import WEIGHTS_NAME, load_subnet, read_arrays, save_subnet
 from supernet.training import SubnetModule
 
 
@@ -253,10 +252,10 @@ def _write(tmp: Path, out: Path, cfg: DictConfig, job: ExportJob) -> None:
     task = net.config.task
     save_subnet(sub, tmp)
     exported = load_subnet(tmp)  # everything below uses the files as a user would get them
-    arrays = load_file(str(tmp / WEIGHTS_NAME))
+    arrays = read_arrays(tmp / WEIGHTS_NAME)
     plan = job.kernels.plan(arch, net.config)
-    saved_model = build_runtime_model(arch, net.config, arrays, plan)
-    onnx_path = save_model(saved_model, tmp / "model.onnx")  # past 2 GiB its tensors go to model.onnx.data
+    onnx_path = tmp / "model.onnx"
+    saved_model = write_runtime_model(arch, net.config, arrays, plan, onnx_path)  # past 2 GiB: model.onnx.data
     runtime = RuntimeModule(onnx_path, lat_cfg.threads)
     x = torch.cat([b[0] for b in batches])[: cfg.verify.batch]
     checks = verify(reference, exported, runtime, x)
@@ -314,14 +313,14 @@ def _write(tmp: Path, out: Path, cfg: DictConfig, job: ExportJob) -> None:
             "onnx_file_bytes": onnx_bytes,
             "onnx_to_weights_ratio": onnx_bytes / size,
             # the tensors alone (the rest is the graph: a few KB, which dominates only for tiny models)
-            "onnx_initializer_bytes": sum(len(t.raw_data) for t in saved_model.graph.initializer),
+            "onnx_initializer_bytes": initializer_bytes(saved_model),
         },
         "runtime": {
             "model": "model.onnx",
             "target": latency_target(runtime_cfg),
             "kernel_table": job.kernels.target,
             "kernels": plan,
-            "executed_ops": dict(Counter(executed_ops(saved_model, lat_cfg.threads))),
+            "executed_ops": dict(Counter(executed_ops(onnx_path, lat_cfg.threads))),
         },
         "verification": {
             "inputs": len(x),

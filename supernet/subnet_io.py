@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import yaml
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 from torch.nn.utils import parametrize
 
 from supernet.arch import Arch
@@ -181,6 +181,13 @@ def read_arch_yaml(path: str | Path) -> dict[str, Any]:
     return doc
 
 
+def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of a weights file, each read once from the memory-mapped file (safetensors' `load_file` holds the
+    whole file as bytes while it builds the arrays: twice the weights at the peak)."""
+    with safe_open(str(path), framework="numpy") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safetensors handle, not a dict)
+
+
 def load_subnet(path: str | Path) -> StaticSubnet:
     """Rebuild an exported subnet from its directory (`arch.yaml` + `model.safetensors`), checking the weights hash."""
     doc = read_arch_yaml(path)
@@ -194,7 +201,7 @@ def load_subnet(path: str | Path) -> StaticSubnet:
     try:
         with safe_open(str(weights), framework="numpy") as f:
             meta = f.metadata() or {}
-        arrays = load_file(str(weights))
+        arrays = read_arrays(weights)
     except (SafetensorError, OSError) as e:
         raise ValueError(f"{weights} is not a readable weights file ({e})") from None
     # Two archs can need arrays of the same sizes (e.g. two layers' bit-widths swapped): the file names its arch.

@@ -54,6 +54,35 @@ def test_large_runtime_model_goes_to_external_data(task_net, tmp_path, monkeypat
     assert not data.exists()  # a small model is one file; a stale data file from a larger one is gone
 
 
+def test_runtime_model_written_with_its_data_file_as_it_is_built(task_net, tmp_path, monkeypatch):
+    """Past the threshold, `write_runtime_model` streams the tensors to model.onnx.data while building (the proto
+    holds locations only): ONNX Runtime loads it from the path with the in-memory model's outputs; below the
+    threshold it is one file, as before."""
+    from supernet.runtime.graph import write_runtime_model
+    from supernet.subnet_io import WEIGHTS_NAME, read_arrays, save_subnet
+
+    rng = np.random.default_rng(1)
+    for arch in (task_net.space.largest(), task_net.space.sample(rng)):
+        save_subnet(extract_subnet(task_net, arch, qat=True), tmp_path / "sub")
+        arrays = read_arrays(tmp_path / "sub" / WEIGHTS_NAME)
+        plan = float_plan(arch)
+        x = sample_input(task_net.config, batch=2, seed=1)
+        want = session_mod.run(build_runtime_model(arch, task_net.config, arrays, plan), x)
+        path = tmp_path / "model.onnx"
+        small = write_runtime_model(arch, task_net.config, arrays, plan, path)
+        assert not session_mod.has_external_data(small) and not session_mod.data_path(path).exists()
+        np.testing.assert_array_equal(session_mod.run(path, x), want)
+        monkeypatch.setattr(session_mod, "EXTERNAL_DATA_BYTES", 1000)
+        model = write_runtime_model(arch, task_net.config, arrays, plan, path)
+        monkeypatch.undo()
+        assert session_mod.has_external_data(model)
+        assert all(not t.raw_data for t in model.graph.initializer if t.external_data)
+        assert session_mod.data_path(path).stat().st_size == session_mod.initializer_bytes(model) - sum(
+            len(t.raw_data) for t in model.graph.initializer)  # fmt: skip
+        np.testing.assert_array_equal(session_mod.run(path, x), want)
+        assert session_mod.executed_ops(path)
+
+
 def _grads(module: torch.nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]:
     module.zero_grad()
     loss.backward()

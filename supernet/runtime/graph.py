@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnx
@@ -204,12 +206,16 @@ def _rope_inputs(g: Graph, config: ModelConfig, seq: str | None) -> tuple[str, s
     return tuple(g.op("Slice", [g.init(t, name), zero, end, zero]) for t, name in ((cos, "cos"), (sin, "sin")))
 
 
-def build_runtime_model(arch: Arch, config: ModelConfig, arrays: dict[str, np.ndarray], plan: Plan) -> onnx.ModelProto:
-    """The ONNX model of `arch` from the arrays `pack_subnet` wrote, with each block linear on `plan`'s kernel."""
+def build_runtime_model(
+    arch: Arch, config: ModelConfig, arrays: dict[str, np.ndarray], plan: Plan, external: BinaryIO | None = None
+) -> onnx.ModelProto:
+    """The ONNX model of `arch` from the arrays `pack_subnet` wrote, with each block linear on `plan`'s kernel. With
+    `external` (a binary file `<model>.data` beside where the model will be saved), the tensors are written there as
+    the graph is built (a model of any size, one copy of its weights in memory)."""
     if len(plan) != arch.depth or any(set(k) != set(QUANTIZED_LINEARS) for k in plan):
         raise ValueError(f"kernel plan must name a kernel for {QUANTIZED_LINEARS} of each of {arch.depth} layers")
     tensors = _tensors(arrays, arch, config)
-    g = Graph()
+    g = Graph(external)
     mask, seq = None, None
     if config.task == "image":
         inp, x = _image_stem(g, tensors, config)
@@ -241,6 +247,25 @@ def build_runtime_model(arch: Arch, config: ModelConfig, arrays: dict[str, np.nd
     model = make_model(graph)
     meta = {"format": FORMAT, "arch": arch.key(), "kernels": json.dumps([dict(k) for k in plan])}
     helper.set_model_props(model, meta)
+    return model
+
+
+def write_runtime_model(
+    arch: Arch, config: ModelConfig, arrays: dict[str, np.ndarray], plan: Plan, path: str | Path
+) -> onnx.ModelProto:
+    """Build the runtime model and save it at `path` (the deployed `model.onnx`). Weights past protobuf's limit go to
+    `model.onnx.data` beside it, written as the graph is built: the weights are never in memory twice."""
+    from supernet.runtime.session import EXTERNAL_DATA_BYTES, data_path, save_model
+
+    path = Path(path)
+    data = data_path(path)
+    data.unlink(missing_ok=True)
+    if sum(a.nbytes for a in arrays.values()) <= EXTERNAL_DATA_BYTES:
+        model = build_runtime_model(arch, config, arrays, plan)
+    else:
+        with data.open("wb") as f:
+            model = build_runtime_model(arch, config, arrays, plan, external=f)
+    save_model(model, path)
     return model
 
 

@@ -21,7 +21,8 @@ runs per call); `nbits*` store MatMulNBits' own block layout.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from pathlib import Path
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 import onnx
@@ -76,14 +77,23 @@ def candidates(w_bits: int, a_bits: int, in_features: int) -> list[str]:
     return [k for k in KERNELS if supports(k, w_bits, a_bits, in_features)]
 
 
-class Graph:
-    """Nodes and initializers of an ONNX graph under construction, with fresh names and shared constants."""
+EXTERNAL_MIN_BYTES = 1024  # with external data, tensors from this size go to the data file (as onnx's own threshold)
 
-    def __init__(self) -> None:
+
+class Graph:
+    """Nodes and initializers of an ONNX graph under construction, with fresh names and shared constants.
+
+    With `external` (a file opened for binary writing, named `<model file>.data` beside the model), each tensor of at
+    least EXTERNAL_MIN_BYTES is written there as it is added and the graph keeps only its location: a model of any
+    size is built without holding its weights in memory a second time (nor hitting protobuf's 2 GiB limit).
+    """
+
+    def __init__(self, external: BinaryIO | None = None) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self._count = 0
         self._consts: dict[tuple, str] = {}
+        self.external = external
 
     def fresh(self, hint: str) -> str:
         self._count += 1
@@ -91,7 +101,20 @@ class Graph:
 
     def init(self, array: np.ndarray, hint: str) -> str:
         name = self.fresh(hint)
-        self.inits.append(numpy_helper.from_array(np.array(array, order="C"), name))
+        array = np.asarray(array)
+        if not array.flags.c_contiguous:  # a copy only where the layout needs one (ascontiguousarray makes 0-d 1-d)
+            array = np.ascontiguousarray(array)
+        if self.external is None or array.nbytes < EXTERNAL_MIN_BYTES:
+            self.inits.append(numpy_helper.from_array(array, name))
+            return name
+        f = self.external
+        offset = f.seek(0, 2)
+        f.write(memoryview(array).cast("B"))  # raw little-endian bytes (x86 and Arm are), as ONNX stores them
+        tensor = onnx.TensorProto(name=name, dims=array.shape, data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        for k, v in (("location", Path(f.name).name), ("offset", str(offset)), ("length", str(array.nbytes))):
+            tensor.external_data.add(key=k, value=v)
+        self.inits.append(tensor)
         return name
 
     def const(self, value, dtype=np.float32) -> str:

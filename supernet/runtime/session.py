@@ -47,11 +47,31 @@ def is_large(model: onnx.ModelProto) -> bool:
     return sum(t.ByteSize() for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
 
 
+def has_external_data(model: onnx.ModelProto) -> bool:
+    """Whether `model`'s tensors live in a data file (built with `external=`): load it from its path, not its proto."""
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def initializer_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of `model`'s tensors, in the proto or in its data file."""
+    return sum(int({e.key: e.value for e in t.external_data}["length"]) if t.external_data else len(t.raw_data)
+               for t in model.graph.initializer)  # fmt: skip
+
+
+def data_path(path: str | Path) -> Path:
+    """The external data file of the model saved at `path`: `<name>.data` beside it."""
+    path = Path(path)
+    return path.with_name(path.name + ".data")
+
+
 def save_model(model: onnx.ModelProto, path: str | Path) -> Path:
     """Write `model` to `path`; past protobuf's 2 GiB its tensors go to `<name>.data` beside it (ONNX external
-    data, which `onnx.load` and ONNX Runtime read from the same folder). `model` holds its tensors again after."""
-    path = Path(path)
-    data = path.with_name(path.name + ".data")
+    data, which `onnx.load` and ONNX Runtime read from the same folder). `model` holds its tensors again after. A
+    model built with its tensors already in `<name>.data` (`external=`) is written as the graph alone."""
+    path, data = Path(path), data_path(path)
+    if has_external_data(model):
+        onnx.save(model, str(path))
+        return path
     data.unlink(missing_ok=True)  # external data is appended to: a stale file would grow
     if not is_large(model):
         onnx.save(model, str(path))
@@ -88,11 +108,16 @@ def run(model, x: torch.Tensor, threads: int = 1) -> np.ndarray:
     return session.run(None, feed(session, x))[0]
 
 
-def executed_ops(model: onnx.ModelProto, threads: int = 1) -> list[str]:
+def executed_ops(model: onnx.ModelProto | str | Path, threads: int = 1) -> list[str]:
     """Op types of the graph ONNX Runtime runs after its optimizations (constant folding, fusions)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "optimized.onnx")
-        source = str(save_model(model, Path(tmp) / "model.onnx")) if is_large(model) else model.SerializeToString()
+        if not isinstance(model, onnx.ModelProto):
+            source = str(model)  # a saved model (its external data beside it)
+        elif is_large(model):
+            source = str(save_model(model, Path(tmp) / "model.onnx"))
+        else:
+            source = model.SerializeToString()
         ort().InferenceSession(source, session_options(threads, path), providers=["CPUExecutionProvider"])
         return [n.op_type for n in onnx.load(path, load_external_data=False).graph.node]
 
