@@ -127,21 +127,25 @@ def unpack_subnet(arrays: dict[str, np.ndarray], arch: Arch, config: ModelConfig
     """A standalone module (eval mode, float32, CPU) from the arrays `pack_subnet` wrote."""
     with torch.device("meta"):
         sub = build_subnet(arch, config)
-    sub = sub.to_empty(device="cpu")
     state: dict[str, torch.Tensor] = {}
     for t in iter_stored(arrays, arch, config):
         if t.bits < 32:
             codes = unpack_codes(t.codes, t.bits, int(np.prod(t.shape))).reshape(t.shape)
             scale = torch.from_numpy(t.scales.copy()).reshape(t.shape[0], 1)
             state[t.name] = codes.mul_(scale)  # the same op as supernet.quant.quantize_weight: identical values
-        else:
-            state[t.name] = torch.from_numpy(t.floats.copy()).reshape(t.shape)
-    sub.load_state_dict(state, strict=True)
+        else:  # a view of the file's float array where it is ours to write to: the weights are held once
+            floats = t.floats if t.floats.flags.writeable else t.floats.copy()
+            state[t.name] = torch.from_numpy(floats).reshape(t.shape)
+    sub.load_state_dict(state, strict=True, assign=True)  # the meta module takes these tensors as its parameters
     return sub.eval()
 
 
 def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    with path.open("rb") as f:  # streamed: a weights file may be larger than the memory left
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def save_subnet(sub: StaticSubnet, out: str | Path, extra: dict[str, Any] | None = None) -> Path:
