@@ -593,6 +593,8 @@ def main() -> None:
     ap.add_argument("--grad-checkpointing", choices=["true", "false"], default="true")
     ap.add_argument("--accuracy-device", help="nas-measure's accuracy_device (full: cuda, tiny: cpu)")
     ap.add_argument("--keep-work", action="store_true", help="keep a temporary --work folder (deleted by default)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change one size setting, e.g. --set batch=4 --set steps=20 (keys: SIZES)")  # fmt: skip
     ap.add_argument("--train-worker", metavar="TIMING_JSON", help=argparse.SUPPRESS)
     ap.add_argument("--warmup-steps", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
@@ -600,7 +602,13 @@ def main() -> None:
     if args.train_worker:
         train_worker(Path(args.train_worker), args.warmup_steps, args.overrides)
         return
-    size = SIZES["tiny" if args.tiny else "full"]
+    size = dict(SIZES["tiny" if args.tiny else "full"])
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in size or key == "llama":
+            keys = sorted(set(size) - {"llama"})
+            raise SystemExit(f"gpu_scale: error: --set {item}: unknown key {key!r}; one of {keys}")
+        size[key] = type(size[key])(value)
     default_out = ROOT / "bench" / "results" / ("gpu_scale_tiny" if args.tiny else "gpu_scale")
     args.out = args.out or os.environ.get("OUT") or str(default_out)
     temporary = not args.work

@@ -107,7 +107,7 @@ class RandomTokensDataModule(TaskDataModule):
 
     def preprocessing(self) -> dict:
         return {
-            "encoding": f"synthetic token ids of a random bigram process (vocab {self.vocab_size}): cost benchmarks only",
+            "encoding": f"synthetic ids of a random bigram process (vocab {self.vocab_size}): cost benchmarks only",
             "bigram_entropy_nats": round(self.bigram_entropy(), 4),
             "uniform_entropy_nats": round(math.log(self.vocab_size), 4),
         }
