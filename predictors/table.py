@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from predictors.columns import check_row
+from supernet.arch import canonical_key
 
 # How to recover from a damaged row, said with every refusal: the file itself is never changed.
 FIX = "fix or delete that row (a deleted arch is measured again); the file was left as it is"
@@ -80,6 +81,10 @@ class MeasurementTable:
                 column = self.columns[min(len(values), len(self.columns) - 1)]
                 raise ValueError(f"{where}, column {column}: {len(values)} of {len(self.columns)} fields; {FIX}")
             row = dict(zip(self.columns, values, strict=True))
+            try:  # a table written before keys held FFN widths is read with today's keys (its file is kept)
+                row["key"] = canonical_key(row["key"])
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}; {FIX}") from None
             if row["key"] in self.rows:
                 raise ValueError(f"{where}: the arch appears twice; {FIX}")
             bad = check_row(row)

@@ -9,6 +9,7 @@ FAIL) is released, so another worker measures that arch.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterable
 
@@ -18,15 +19,26 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from search.database import resolve_url
 
 _META = sa.MetaData()
+# Keyed by a fixed-length digest of the arch key, with the readable key beside it in a text column: an arch key
+# grows with depth (a random 30-layer arch of SmolLM-135M's shape took 735 characters in the format before FFN
+# widths), and PostgreSQL enforces a VARCHAR's length where SQLite ignores it. The first table (`nas_arch_claims`,
+# VARCHAR(512) keys) is left as it was: a study continued from it backfills its measured archs into this one.
 CLAIMS = sa.Table(
-    "nas_arch_claims",
+    "nas_arch_claims_v2",
     _META,
     sa.Column("study", sa.String(255), primary_key=True),
-    sa.Column("arch_key", sa.String(512), primary_key=True),
+    sa.Column("arch_digest", sa.String(64), primary_key=True),
+    sa.Column("arch_key", sa.Text, nullable=False),
     sa.Column("slot", sa.Integer, nullable=False),
     sa.Column("trial", sa.Integer, nullable=False),
-    sa.UniqueConstraint("study", "slot", name="nas_arch_claims_slot"),
+    sa.UniqueConstraint("study", "slot", name="nas_arch_claims_v2_slot"),
 )
+
+
+def digest(key: str) -> str:
+    """The claims table's key of an arch: the SHA-256 of its canonical key, 64 hex characters at any depth."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
 
 MINE, TAKEN, BUDGET = "mine", "taken", "budget"
 
@@ -52,13 +64,13 @@ class Claims:
         all claimed. `failed(trials)` says which of those trial numbers failed: their claims are released first."""
         for _ in range(1000):  # each retry follows another worker's successful insert
             with self.engine.begin() as conn:
-                rows = conn.execute(sa.select(CLAIMS.c.arch_key, CLAIMS.c.slot, CLAIMS.c.trial)
+                rows = conn.execute(sa.select(CLAIMS.c.arch_digest, CLAIMS.c.slot, CLAIMS.c.trial)
                                     .where(CLAIMS.c.study == self.study)).all()  # fmt: skip
                 dead = failed({r.trial for r in rows})
                 if dead:
                     conn.execute(sa.delete(CLAIMS).where(CLAIMS.c.study == self.study, CLAIMS.c.trial.in_(dead)))
                     rows = [r for r in rows if r.trial not in dead]
-                owner = next((r.trial for r in rows if r.arch_key == key), None)
+                owner = next((r.trial for r in rows if r.arch_digest == digest(key)), None)
                 if owner is not None:
                     return MINE if owner == trial else TAKEN
                 free = sorted(set(range(budget)) - {r.slot for r in rows})
@@ -66,7 +78,8 @@ class Claims:
                     return BUDGET
             try:
                 with self.engine.begin() as conn:
-                    conn.execute(sa.insert(CLAIMS).values(study=self.study, arch_key=key, slot=free[0], trial=trial))
+                    conn.execute(sa.insert(CLAIMS).values(study=self.study, arch_digest=digest(key), arch_key=key,
+                                                          slot=free[0], trial=trial))  # fmt: skip
                 return MINE
             except IntegrityError:
                 continue  # the arch or the slot went to another worker in between: look again
@@ -77,14 +90,15 @@ class Claims:
         for key, trial in owned.items():
             for _ in range(100):
                 with self.engine.begin() as conn:
-                    rows = conn.execute(sa.select(CLAIMS.c.arch_key, CLAIMS.c.slot)
+                    rows = conn.execute(sa.select(CLAIMS.c.arch_digest, CLAIMS.c.slot)
                                         .where(CLAIMS.c.study == self.study)).all()  # fmt: skip
-                if any(r.arch_key == key for r in rows):
+                if any(r.arch_digest == digest(key) for r in rows):
                     break
                 try:  # a transaction of its own: a failed insert must not abort anything else
                     with self.engine.begin() as conn:
                         slot = max((r.slot for r in rows), default=-1) + 1
-                        conn.execute(sa.insert(CLAIMS).values(study=self.study, arch_key=key, slot=slot, trial=trial))
+                        conn.execute(sa.insert(CLAIMS).values(study=self.study, arch_digest=digest(key), arch_key=key,
+                                                              slot=slot, trial=trial))  # fmt: skip
                     break
                 except IntegrityError:
                     continue  # another worker backfilled it or took that slot: look again

@@ -33,7 +33,7 @@ from search.database import missing_driver_message, redact, resolve_url
 from search.loop import TABLE_NAME, RefinementSearch
 from search.machine_workers import MachineWorkers
 from search.report import write_outputs
-from supernet.arch import Arch
+from supernet.arch import Arch, canonical_key
 from supernet.costs import arch_costs
 
 SAMPLERS = ("nsga2", "tpe", "random")
@@ -110,7 +110,7 @@ class OptunaSearch(RefinementSearch):
             for arch in {a.key(): a for a in (self.space.largest(), self.space.smallest())}.values():
                 self.study.enqueue_trial(self._params(arch))  # the extremes span the hypervolume's bounds
         self.claims = Claims(self.url, opt.study_name)
-        self.claims.backfill({t.user_attrs["key"]: t.number for t in self.measured_trials()})
+        self.claims.backfill({canonical_key(t.user_attrs["key"]): t.number for t in self.measured_trials()})
         saved = self.study.user_attrs.get("settings")
         if saved is not None and _without_storage(saved) != _without_storage(self.settings()):
             raise ValueError(f"study {opt.study_name!r} in {self.url} was created with other settings (objectives, "
@@ -178,7 +178,8 @@ class OptunaSearch(RefinementSearch):
         """One trial: suggest an arch, measure it (or answer from the study if any worker measured it already)."""
         arch = self.suggest(trial)
         trial.set_user_attr("key", arch.key())  # claimed at once: other workers see it while it is measured
-        known = {t.user_attrs["key"]: t.user_attrs["row"] for t in self.measured_trials()}
+        # keys as today's format writes them: a study begun before keys held FFN widths continues
+        known = {canonical_key(t.user_attrs["key"]): t.user_attrs["row"] for t in self.measured_trials()}
         row = known.get(arch.key())
         if row is None:
             # A heartbeat before the claim: a worker that dies holding a claim always has one, so its trial goes

@@ -24,6 +24,34 @@ def _fmt_ratio(r: float) -> str:
     return str(int(r)) if r.is_integer() else repr(r)
 
 
+def _runs(values: Sequence[Any]) -> str:
+    """Per-layer values with each maximal run of n >= 2 equal values written `v*n`: 9,9,9,6 -> '9*3-6'."""
+    parts, i = [], 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[i]:
+            j += 1
+        n = j - i + 1
+        parts.append(f"{values[i]}*{n}" if n > 1 else str(values[i]))
+        i = j + 1
+    return "-".join(parts)
+
+
+def _unruns(text: str, cast) -> list:
+    out = []
+    for part in text.split("-"):
+        value, _, n = part.partition("*")
+        out += [cast(value)] * (int(n) if n else 1)
+    return out
+
+
+def canonical_key(key: str) -> str:
+    """The current canonical key of an arch key in any format this project has written (the format before FFN
+    widths wrote ratios per layer, `_r4-2.5`): what old measurement tables and studies are re-keyed with. A key
+    already current is returned as it is."""
+    return Arch.from_key(key).key() if "_r" in key else key
+
+
 def as_int(name: str, v: Any) -> int:
     """`v` as an int if it is integral (3, 3.0, "3", numpy ints); else one ValueError naming the field."""
     if isinstance(v, bool):
@@ -63,13 +91,32 @@ class Arch:
                 raise ValueError(f"{name} has {n} entries but depth={self.depth}; give one value per active layer")
 
     def key(self) -> str:
-        """Canonical string key, e.g. `d2_e128_a32_h4-2_r4-2.5_w32-8` (stable across runs and processes)."""
+        """Canonical string key, stable across runs and processes: depth, embedding width, activation bits, then per
+        layer the heads, FFN widths and weight bits, runs of equal values written `v*n`; e.g.
+        `d3_e128_a32_h4*2-2_f512-320*2_w32-8*2`. Random 30-layer archs of SmolLM-135M's shape take 184 characters
+        (median; at most 266 in 2,000 draws, 735 in the format before), its largest 34; databases key on a digest
+        of it (search/claims.py)."""
         return (
             f"d{self.depth}_e{self.embed_dim}_a{self.a_bits}"
-            f"_h{'-'.join(map(str, self.num_heads))}"
-            f"_r{'-'.join(_fmt_ratio(r) for r in self.mlp_ratio)}"
-            f"_w{'-'.join(map(str, self.w_bits))}"
+            f"_h{_runs(self.num_heads)}"
+            f"_f{_runs([self.ffn_hidden(i) for i in range(self.depth)])}"
+            f"_w{_runs(self.w_bits)}"
         )
+
+    @classmethod
+    def from_key(cls, key: str) -> Arch:
+        """The arch of a key, in the current format (FFN widths, `_f`; ratio = width / embed_dim, the correctly
+        rounded float of that fraction) or the earlier one (FFN ratios per layer, `_r`)."""
+        try:
+            d, e, a, h, f, w = key.split("_")
+            if not (d[0], e[0], a[0], h[0], w[0]) == ("d", "e", "a", "h", "w") or f[0] not in "fr":
+                raise ValueError
+            embed = int(e[1:])
+            ffn = _unruns(f[1:], float)
+            ratios = [x / embed for x in ffn] if f[0] == "f" else ffn
+            return cls(int(d[1:]), embed, _unruns(h[1:], int), ratios, _unruns(w[1:], int), int(a[1:]))
+        except (ValueError, IndexError, ZeroDivisionError):
+            raise ValueError(f"{key!r} is not an arch key (expected e.g. d2_e128_a32_h4-2_f512-256_w32-8)") from None
 
     def __str__(self) -> str:
         return self.key()

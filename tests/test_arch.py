@@ -96,20 +96,24 @@ def test_different_archs_differ_in_equality_and_key(change):
 
 def test_key_format_matches_documented_example():
     a = _arch()
-    assert a.key() == "d2_e128_a32_h4-2_r4-2_w32-8"
+    assert a.key() == "d2_e128_a32_h4-2_f512-256_w32-8"
     assert str(a) == a.key()
+    assert Arch.from_key(a.key()) == a
 
 
-def test_key_formats_fractional_ratios_exactly():
+def test_key_writes_ffn_widths_and_runs():
     a = Arch(2, 64, (1, 1), (0.5, 1.5), (8, 8), 8)
-    assert a.key() == "d2_e64_a8_h1-1_r0.5-1.5_w8-8"
+    assert a.key() == "d2_e64_a8_h1*2_f32-96_w8*2"
+    b = Arch(5, 96, (3, 3, 3, 6, 3), (8 / 3,) * 5, (4, 4, 32, 32, 4))
+    assert b.key() == "d5_e96_a32_h3*3-6-3_f256*5_w4*2-32*2-4"
+    assert Arch.from_key(b.key()) == b
 
 
 def test_key_is_canonical_over_input_forms():
     a = Arch(2, 128, [4, 2], [4, 2], [32, 8])
     b = Arch(2, 128, np.array([4, 2]), np.array([4.0, 2.0]), (32, 8))
     c = Arch.from_dict({"depth": 2, "embed_dim": 128, "num_heads": [4, 2], "mlp_ratio": [4.0, 2.0], "w_bits": [32, 8]})
-    assert a.key() == b.key() == c.key() == "d2_e128_a32_h4-2_r4-2_w32-8"
+    assert a.key() == b.key() == c.key() == "d2_e128_a32_h4-2_f512-256_w32-8"
 
 
 @pytest.mark.parametrize("space_name", ["default", "small"])
@@ -142,11 +146,44 @@ def test_key_distinct_for_ratios_split_differently():
     assert a.key() != b.key()
 
 
-def test_key_distinct_for_ratios_beyond_six_digits():
+def test_key_names_the_ffn_width_the_subnet_computes():
+    """Two ratios that give the same FFN width (8/3 and 2.66667 of 96 are both 256) are one subnet: one key."""
     a = Arch(1, 96, (1,), (8 / 3,), (8,))
     b = Arch(1, 96, (1,), (2.66667,), (8,))
-    assert a != b
-    assert a.key() != b.key()
+    assert a.ffn_hidden(0) == b.ffn_hidden(0) and a.key() == b.key()
+    assert a.key() != Arch(1, 96, (1,), (2.5,), (8,)).key()
+
+
+@pytest.mark.parametrize("space_name", ["default", "small", "smollm", "llama_1b"])
+def test_keys_round_trip_and_stay_short_at_any_depth(space_name, default_space, small_space):
+    """from_key(key) is the arch over random archs of several spaces (imported-model spaces with fractional ratios
+    such as 1536/576 included); keys of the old format (ratios, `_r`) read as the same arch; a 30-layer arch of
+    SmolLM-135M's shape stays within 11 characters a layer (it took up to 735 in all in the old format)."""
+    from supernet.arch import canonical_key
+    from supernet.config import ModelConfig
+    from supernet.hf.families import Sizes
+    from supernet.hf.load import default_space as hf_space
+
+    shapes = {"smollm": Sizes(30, 576, 9, 1536), "llama_1b": Sizes(16, 2048, 32, 8192)}
+    groups = {"smollm": 3, "llama_1b": 4}
+    if space_name in shapes:
+        space = hf_space(ModelConfig(task="lm", kv_group=groups[space_name], head_dim=64), shapes[space_name])
+    else:
+        space = {"default": default_space, "small": small_space}[space_name]
+    rng = np.random.default_rng(7)
+    for a in [space.largest(), space.smallest(), *(space.sample(rng) for _ in range(300))]:
+        assert Arch.from_key(a.key()) == a
+        old = (f"d{a.depth}_e{a.embed_dim}_a{a.a_bits}_h{'-'.join(map(str, a.num_heads))}"
+               f"_r{'-'.join(repr(r) for r in a.mlp_ratio)}_w{'-'.join(map(str, a.w_bits))}")  # fmt: skip
+        assert canonical_key(old) == a.key()
+        assert len(a.key()) <= 11 * a.depth + 20
+    if space_name == "smollm":
+        assert len(space.largest().key()) < 50
+
+
+def test_not_an_arch_key():
+    with pytest.raises(ValueError, match="is not an arch key"):
+        Arch.from_key("d2_e128_banana")
 
 
 def test_equal_archs_have_equal_keys_with_float_embed_dim():

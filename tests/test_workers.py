@@ -161,7 +161,23 @@ def test_claims_race_on_a_real_database(study_url) -> None:
     assert len(mine) == budget and len(set(mine)) == budget
     assert all(v in (MINE, "taken", BUDGET) for v in verdicts.values())
     with sa.create_engine(resolve_url(study_url)).connect() as conn:
-        assert conn.execute(sa.text("select count(*) from nas_arch_claims where study = 'race'")).scalar_one() == 5
+        assert conn.execute(sa.text("select count(*) from nas_arch_claims_v2 where study = 'race'")).scalar_one() == 5
+
+
+def test_claims_of_long_keys_on_a_real_database(study_url) -> None:
+    """Keys of any length (here 800-character keys: deep models) are claimed by their digest; the readable key is
+    kept beside it. The first claims table (VARCHAR(512) keys) refused such keys on PostgreSQL."""
+    from search.claims import digest
+
+    none_failed = lambda trials: set()  # noqa: E731
+    claims = Claims(study_url, "deep")
+    keys = [f"d80_e2048_a32_h{'-'.join(['32', str(8 * i)] * 40)}_f{'8192-' * 79}8192_w{'32-' * 79}32" for i in range(3)]
+    assert min(map(len, keys)) > 800
+    assert [claims.claim(k, n, 3, none_failed) for n, k in enumerate(keys)] == [MINE] * 3
+    assert claims.claim(keys[0], 9, 3, none_failed) == "taken"
+    with sa.create_engine(resolve_url(study_url)).connect() as conn:
+        rows = conn.execute(sa.text("select arch_digest, arch_key from nas_arch_claims_v2 where study = 'deep'")).all()
+    assert sorted(rows) == sorted((digest(k), k) for k in keys)
 
 
 def test_missing_driver_is_one_line_naming_the_package(monkeypatch) -> None:
