@@ -27,7 +27,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 from torch.nn.utils import parametrize
 
-from supernet.arch import Arch
+from supernet.arch import Arch, canonical_key
 from supernet.config import ModelConfig
 from supernet.packing import pack_codes, packed_size, unpack_codes
 from supernet.qat import QUANTIZED_LINEARS
@@ -192,6 +192,14 @@ def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
         return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safetensors handle, not a dict)
 
 
+def _current_key(key: str | None) -> str | None:
+    """An arch key as today's format writes it (anything else as it is)."""
+    try:
+        return canonical_key(key) if key else key
+    except ValueError:
+        return key
+
+
 def load_subnet(path: str | Path) -> StaticSubnet:
     """Rebuild an exported subnet from its directory (`arch.yaml` + `model.safetensors`), checking the weights hash."""
     doc = read_arch_yaml(path)
@@ -208,7 +216,8 @@ def load_subnet(path: str | Path) -> StaticSubnet:
         arrays = read_arrays(weights)
     except (SafetensorError, OSError) as e:
         raise ValueError(f"{weights} is not a readable weights file ({e})") from None
-    # Two archs can need arrays of the same sizes (e.g. two layers' bit-widths swapped): the file names its arch.
-    if meta.get("format") != FORMAT or meta.get("arch") != arch.key():
+    # Two archs can need arrays of the same sizes (e.g. two layers' bit-widths swapped): the file names its arch (in
+    # the key format of its day: files written before keys held FFN widths name it with ratios).
+    if meta.get("format") != FORMAT or _current_key(meta.get("arch")) != arch.key():
         raise ValueError(f"weights file {weights} holds the weights of {meta.get('arch')!r}, not of {arch.key()}")
     return unpack_subnet(arrays, arch, config)

@@ -7,6 +7,7 @@ clear ValueError.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from supernet.onnx_export import export_onnx, run_onnx
 from supernet.qat import bake_weight_quantizers
 from supernet.space import SUPPORTED_W_BITS
 from supernet.static import StaticSubnet
-from supernet.subnet_io import ARCH_NAME, WEIGHTS_NAME, load_subnet, save_subnet, sha256
+from supernet.subnet_io import ARCH_NAME, FORMAT, WEIGHTS_NAME, load_subnet, save_subnet, sha256
 from tests.conftest import ROOT, TASK_CONFIGS, n_archs, own_model, randomize, sample_input
 
 N_RANDOM = 50
@@ -214,7 +215,8 @@ def test_weights_of_another_arch_are_refused(task_net, saved, tmp_path) -> None:
     """The weights file of another (differently sized) export, with arch.yaml's hash made to match: refused."""
     largest, smallest = task_net.space.largest(), task_net.space.smallest()
     bigger = replace(largest, w_bits=(8,) * largest.depth)  # more codes, scales and floats than the saved arch
-    for other, message in ((smallest, f"holds the weights of '{smallest.key()}'"), (bigger, "holds the weights of")):
+    named = re.escape(f"holds the weights of '{smallest.key()}'")
+    for other, message in ((smallest, named), (bigger, "holds the weights of")):
         donor = save_subnet(extract_subnet(task_net, other, qat=True), tmp_path / other.key())
         shutil.copy(donor / WEIGHTS_NAME, saved / WEIGHTS_NAME)
         fix_hash(saved)
@@ -236,8 +238,25 @@ def test_weights_of_an_equally_sized_arch_are_refused(task_net, tmp_path) -> Non
     donor = save_subnet(extract_subnet(task_net, b, qat=True), tmp_path / "b")
     shutil.copy(donor / WEIGHTS_NAME, target / WEIGHTS_NAME)
     fix_hash(target)
-    with pytest.raises(ValueError, match=f"holds the weights of '{b.key()}', not of {a.key()}"):
+    with pytest.raises(ValueError, match=re.escape(f"holds the weights of '{b.key()}', not of {a.key()}")):
         load_subnet(target)
+
+
+def test_weights_file_naming_its_arch_in_the_old_key_format_loads(task_net, saved, tmp_path) -> None:
+    """A subnet exported before keys held FFN widths names its arch with ratios (`_r2-1`): it still loads, and a file
+    naming another arch in that format is still refused."""
+    arch = Arch.from_yaml(yaml.safe_dump(yaml.safe_load((saved / ARCH_NAME).read_text())["arch"]))
+    old = lambda a: (f"d{a.depth}_e{a.embed_dim}_a{a.a_bits}_h{'-'.join(map(str, a.num_heads))}"  # noqa: E731
+                     f"_r{'-'.join(f'{r:g}' for r in a.mlp_ratio)}_w{'-'.join(map(str, a.w_bits))}")  # fmt: skip
+    arrays = load_file(str(saved / WEIGHTS_NAME))
+    for named, ok in ((arch, True), (replace(arch, mlp_ratio=(1.0, 2.0)), False)):
+        save_file(arrays, str(saved / WEIGHTS_NAME), metadata={"format": FORMAT, "arch": old(named)})
+        fix_hash(saved)
+        if ok:
+            assert load_subnet(saved).arch == arch
+        else:
+            with pytest.raises(ValueError, match=re.escape(f"holds the weights of '{old(named)}'")):
+                load_subnet(saved)
 
 
 def test_foreign_safetensors_file_is_refused(saved) -> None:
