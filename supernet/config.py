@@ -37,6 +37,9 @@ class ModelConfig:
     # lm task: token ids in [0, vocab_size), at most block_size of them
     vocab_size: int = 256
     block_size: int = 64
+    # text task: the tokenizer's padding id; attention never reads a padded position (keys equal to it are masked),
+    # so padding a sequence changes nothing about its real tokens' outputs. None: every token is real.
+    pad_id: int | None = None
     # guard against spaces deeper than intended (None: no limit)
     max_depth: int | None = None
     # one LayerNorm affine pair per weight bit-width in each block (Any-Precision's bit-specific norms); the
@@ -107,6 +110,17 @@ class ModelConfig:
             raise ValueError(f"model.kv_group={self.kv_group!r} must be a positive integer")
         if not self.rope_theta > 0:
             raise ValueError(f"model.rope_theta={self.rope_theta!r} must be > 0")
+        if self.pad_id is not None:
+            if self.task != "text":
+                raise ValueError(
+                    f"model.pad_id is for task 'text' (a classifier of padded sequences), not {self.task!r}"
+                )
+            if (
+                not isinstance(self.pad_id, int)
+                or isinstance(self.pad_id, bool)
+                or not 0 <= self.pad_id < self.vocab_size
+            ):
+                raise ValueError(f"model.pad_id={self.pad_id!r} must be a token id in [0, {self.vocab_size}) or null")
         if self.positions == "rope" and self.head_dim % 2:
             raise ValueError(f"model.positions='rope' needs an even head_dim, got {self.head_dim}")
         if self.cls_token and self.task != "image":

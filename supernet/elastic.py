@@ -97,10 +97,17 @@ class ElasticAttention(nn.Module):
         return quantize_weight(qkv_w, w_bits), qkv_b, proj_w, proj_b
 
     def forward(
-        self, x: torch.Tensor, heads: int, w_bits: int, a_bits: int, causal: bool, rope_theta: float | None = None
+        self,
+        x: torch.Tensor,
+        heads: int,
+        w_bits: int,
+        a_bits: int,
+        causal: bool,
+        rope_theta: float | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         w = self.materialize(x.shape[-1], heads, w_bits)
-        return fn.attention(x, *w, heads, self.head_dim, a_bits, causal, self.kv_group, rope_theta)
+        return fn.attention(x, *w, heads, self.head_dim, a_bits, causal, self.kv_group, rope_theta, mask)
 
 
 class ElasticFFN(nn.Module):
@@ -180,9 +187,19 @@ class ElasticBlock(nn.Module):
             *self.ffn.materialize(embed_dim, hidden, bits),
         )
 
-    def forward(self, x: torch.Tensor, heads: int, hidden: int, w_bits: int, a_bits: int, causal: bool) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        heads: int,
+        hidden: int,
+        w_bits: int,
+        a_bits: int,
+        causal: bool,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x (B, T, E); `mask` (B, T), True at real tokens, or None (see functional.attention)."""
         w = self.materialize(x.shape[-1], heads, hidden, w_bits)
-        return fn.block(x, w, self.config, a_bits, causal)
+        return fn.block(x, w, self.config, a_bits, causal, mask)
 
 
 class ElasticPatchEmbed(nn.Module):

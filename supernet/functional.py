@@ -86,6 +86,18 @@ def rope(x: torch.Tensor, theta: float) -> torch.Tensor:
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
+def key_mask(tokens: torch.Tensor, pad_id: int | None) -> torch.Tensor | None:
+    """(B, T) bool, True at the real tokens (the keys attention may read), from the ids; None without a pad id."""
+    return None if pad_id is None else tokens != pad_id
+
+
+def mask_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T) key mask -> (B, 1, 1, T) additive scores: 0 at real keys, the dtype's lowest value at padding, which
+    softmax turns into exactly 0 next to any real key (the runtime graph adds the same float32 value)."""
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    return bias[:, None, None, :]
+
+
 def attention(
     x: torch.Tensor,
     qkv_w: torch.Tensor,
@@ -98,9 +110,11 @@ def attention(
     causal: bool,
     kv_group: int = 1,
     rope_theta: float | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Multi-head self-attention with a fused [q | k | v] projection; each key/value head serves `kv_group`
-    consecutive query heads (grouped-query attention), and `rope_theta` rotates q and k. (B, T, E) -> (B, T, E)."""
+    consecutive query heads (grouped-query attention), and `rope_theta` rotates q and k. `mask` (B, T), True at real
+    tokens, keeps every query from reading padded keys. (B, T, E) -> (B, T, E)."""
     B, T, _ = x.shape
     g = heads // kv_group
     qkv = qlinear(x, qkv_w, qkv_b, a_bits)  # (B, T, (h + 2g)*D)
@@ -111,7 +125,8 @@ def attention(
         q, k = rope(q, rope_theta), rope(k, rope_theta)
     if kv_group > 1:
         k, v = k.repeat_interleave(kv_group, dim=1), v.repeat_interleave(kv_group, dim=1)
-    y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, h, T, D)
+    bias = None if mask is None else mask_bias(mask, q.dtype)  # (B, 1, 1, T)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal)  # (B, h, T, D)
     y = y.transpose(1, 2).reshape(B, T, heads * head_dim)
     return qlinear(y, proj_w, proj_b, a_bits)
 
@@ -203,17 +218,25 @@ def check_tokens(tokens: torch.Tensor, vocab_size: int, block_size: int) -> None
 
 
 def block(
-    x: torch.Tensor, w: BlockWeights, config: ModelConfig, a_bits: int, causal: bool | None = None
+    x: torch.Tensor,
+    w: BlockWeights,
+    config: ModelConfig,
+    a_bits: int,
+    causal: bool | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One transformer block with `config`'s options (`causal` defaults to the task's). Pre-norm: x + attn(n1(x)),
-    then + ffn(n2(x)); post-norm (BERT): n1(x + attn(x)), then n2(x + ffn(x)). x: (B, T, E)."""
+    """One transformer block with `config`'s options (`causal` defaults to the task's; `mask` (B, T) as in
+    `attention`). Pre-norm: x + attn(n1(x)), then + ffn(n2(x)); post-norm (BERT): n1(x + attn(x)), then
+    n2(x + ffn(x)). x: (B, T, E)."""
     c, D = config, config.head_dim
     causal = c.causal if causal is None else causal
     heads = w.proj_w.shape[1] // D
     rope_theta = c.rope_theta if c.positions == "rope" else None
 
     def attn(h: torch.Tensor) -> torch.Tensor:
-        return attention(h, w.qkv_w, w.qkv_b, w.proj_w, w.proj_b, heads, D, a_bits, causal, c.kv_group, rope_theta)
+        return attention(
+            h, w.qkv_w, w.qkv_b, w.proj_w, w.proj_b, heads, D, a_bits, causal, c.kv_group, rope_theta, mask
+        )
 
     def mlp(h: torch.Tensor) -> torch.Tensor:
         return ffn(h, w.fc1_w, w.fc1_b, w.fc2_w, w.fc2_b, a_bits, c.activation, c.gated_ffn)
@@ -254,10 +277,17 @@ def _head(x: torch.Tensor, w: HeadWeights, config: ModelConfig) -> torch.Tensor:
     return F.linear(x, w.fc_w, w.fc_b)
 
 
-def classify(x: torch.Tensor, w: HeadWeights, config: ModelConfig) -> torch.Tensor:
+def classify(x: torch.Tensor, w: HeadWeights, config: ModelConfig, mask: torch.Tensor | None = None) -> torch.Tensor:
     """(B, T, E) -> (B, classes): pool (mean of the tokens, or the CLS token), norm, pooler, project. Norming the
-    pooled vector equals norming every token and then pooling the CLS one (ViT), since the norm is per token."""
-    pooled = x[:, 0] if config.pooling == "cls" else x.mean(dim=1)
+    pooled vector equals norming every token and then pooling the CLS one (ViT), since the norm is per token. With a
+    key `mask` (B, T) the mean is over the real tokens only."""
+    if config.pooling == "cls":
+        pooled = x[:, 0]
+    elif mask is None:
+        pooled = x.mean(dim=1)
+    else:
+        m = mask.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+        pooled = (x * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
     return _head(pooled, w, config)
 
 

@@ -169,11 +169,12 @@ def layer_redundancy(net: Supernet, batches: Iterable[tuple[torch.Tensor, torch.
     sims = torch.zeros(len(net.blocks))
     n = 0
     for x, _ in batches:
-        h = net.embed(x, largest)
+        h, mask = net.embed(x, largest), net.key_mask(x)  # padded positions (text) are not counted
         for i, blk in enumerate(net.blocks):
             out = blk(h, largest.num_heads[i], largest.ffn_hidden(i), largest.w_bits[i], largest.a_bits,
-                      net.config.causal)  # fmt: skip
-            sims[i] += torch.nn.functional.cosine_similarity(h, out, dim=-1).mean()
+                      net.config.causal, mask)  # fmt: skip
+            cos = torch.nn.functional.cosine_similarity(h, out, dim=-1)  # (B, T)
+            sims[i] += cos.mean() if mask is None else cos[mask].mean()
             h = out
         n += 1
     return (sims / max(n, 1)).tolist()

@@ -62,8 +62,12 @@ class Supernet(nn.Module):
     def embed(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:
         raise NotImplementedError
 
-    def output(self, h: torch.Tensor, head: fn.HeadWeights) -> torch.Tensor:
+    def output(self, h: torch.Tensor, head: fn.HeadWeights, mask: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def key_mask(self, x: torch.Tensor) -> torch.Tensor | None:
+        """(B, T) bool, True at the real tokens, derived from the input (padded text); None: attend to everything."""
+        return None
 
     def head_variants(self) -> int:
         """Copies of the final norm and head: one per depth choice with `depth_heads`, else one."""
@@ -104,17 +108,18 @@ class Supernet(nn.Module):
 
     def _exits(self, x: torch.Tensor, arch: Arch, depths: tuple[int, ...]) -> dict[int, torch.Tensor]:
         h = self.embed(x, arch)  # (B, T, E)
+        mask = self.key_mask(x)  # (B, T) or None
         out = {}
         kept = self.config.kept_layers(arch.depth)  # elastic depth: the first `depth` blocks, or the best ranked
         for i in range(max(depths)):
             blk = self.blocks[kept[i]]
-            args = (arch.num_heads[i], arch.ffn_hidden(i), arch.w_bits[i], arch.a_bits, self.config.causal)
+            args = (arch.num_heads[i], arch.ffn_hidden(i), arch.w_bits[i], arch.a_bits, self.config.causal, mask)
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 h = checkpoint(blk, h, *args, use_reentrant=False)
             else:
                 h = blk(h, *args)
             if i + 1 in depths:
-                out[i + 1] = self.output(h, self.head_weights(arch, i + 1))
+                out[i + 1] = self.output(h, self.head_weights(arch, i + 1), mask)
         return out
 
 
@@ -132,7 +137,7 @@ class ViTSupernet(Supernet):
     def embed(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:
         return fn.embed_images(x, self.stem.materialize(arch.embed_dim), self.config.patch_size)
 
-    def output(self, h: torch.Tensor, head: fn.HeadWeights) -> torch.Tensor:
+    def output(self, h: torch.Tensor, head: fn.HeadWeights, mask: torch.Tensor | None = None) -> torch.Tensor:
         return fn.classify(h, head, self.config)
 
 
@@ -150,15 +155,19 @@ class LMSupernet(Supernet):
     def embed(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:
         return fn.embed_tokens(x, self.stem.materialize(arch.embed_dim), self.config)
 
-    def output(self, h: torch.Tensor, head: fn.HeadWeights) -> torch.Tensor:
+    def output(self, h: torch.Tensor, head: fn.HeadWeights, mask: torch.Tensor | None = None) -> torch.Tensor:
         return fn.lm_logits(h, head, self.config)
 
 
 class TextClassifierSupernet(LMSupernet):
-    """Bidirectional encoder classifying a token sequence (BERT): tokens -> blocks -> pooled -> classes."""
+    """Bidirectional encoder classifying a token sequence (BERT): tokens -> blocks -> pooled -> classes. With
+    `config.pad_id`, padded positions are masked out of attention and pooling (the mask comes from the ids)."""
 
-    def output(self, h: torch.Tensor, head: fn.HeadWeights) -> torch.Tensor:
-        return fn.classify(h, head, self.config)
+    def key_mask(self, x: torch.Tensor) -> torch.Tensor | None:
+        return fn.key_mask(x, self.config.pad_id)
+
+    def output(self, h: torch.Tensor, head: fn.HeadWeights, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return fn.classify(h, head, self.config, mask)
 
 
 def build_supernet(space: SearchSpace, config: ModelConfig) -> Supernet:

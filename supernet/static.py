@@ -53,8 +53,8 @@ class StaticBlock(nn.Module):
             self.fc2.bias,
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fn.block(x, self.weights(), self.config, self.a_bits)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return fn.block(x, self.weights(), self.config, self.a_bits, mask=mask)
 
 
 class StaticHead(nn.Module):
@@ -107,10 +107,11 @@ class StaticSubnet(nn.Module):
         )
         self.grad_checkpointing = False  # a training setting (train.grad_checkpointing), as on the supernet
 
-    def trunk(self, h: torch.Tensor) -> torch.Tensor:
+    def trunk(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The blocks on (B, T, E) embeddings; `mask` (B, T), True at real tokens, or None."""
         recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for blk in self.blocks:
-            h = checkpoint(blk, h, use_reentrant=False) if recompute else blk(h)
+            h = checkpoint(blk, h, mask, use_reentrant=False) if recompute else blk(h, mask)
         return h
 
 
@@ -143,12 +144,14 @@ class StaticLM(StaticSubnet):
 
 
 class StaticTextClassifier(StaticLM):
-    """Standalone sequence classifier (BERT). Input (B, T) int64 ids -> logits (B, num_classes)."""
+    """Standalone sequence classifier (BERT). Input (B, T) int64 ids, padded with `config.pad_id` (masked out) ->
+    logits (B, num_classes)."""
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         fn.check_tokens(tokens, self.config.vocab_size, self.config.block_size)
-        h = self.trunk(fn.embed_tokens(tokens, self.stem.weights(), self.config))
-        return fn.classify(h, self.head.weights(), self.config)
+        mask = fn.key_mask(tokens, self.config.pad_id)
+        h = self.trunk(fn.embed_tokens(tokens, self.stem.weights(), self.config), mask)
+        return fn.classify(h, self.head.weights(), self.config, mask)
 
 
 def build_subnet(arch: Arch, config: ModelConfig) -> StaticSubnet:

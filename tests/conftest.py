@@ -30,6 +30,7 @@ TASK_CONFIGS = {
         embed_norm=True,
         token_types=True,
         final_norm=False,
+        pad_id=0,  # padded batches: sample_input right-pads every row to a random length
     ),  # BERT
     "lm_llama": ModelConfig(
         task="lm",
@@ -70,11 +71,22 @@ def randomize(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 def sample_input(config: ModelConfig, batch: int = 4, seq_len: int | None = None, seed: int = 0) -> torch.Tensor:
-    """A valid input batch for the task."""
+    """A valid input batch for the task; with a `pad_id`, rows of random lengths (at least 1) padded on the right."""
     g = torch.Generator().manual_seed(seed)
     if config.task == "image":
         return torch.randn(batch, config.in_channels, config.image_size, config.image_size, generator=g)
-    return torch.randint(0, config.vocab_size, (batch, seq_len or config.block_size), generator=g)
+    if config.pad_id is None:
+        return torch.randint(0, config.vocab_size, (batch, seq_len or config.block_size), generator=g)
+    return padded_tokens(config, batch, seq_len or config.block_size, g)
+
+
+def padded_tokens(config: ModelConfig, batch: int, seq_len: int, g: torch.Generator) -> torch.Tensor:
+    """(batch, seq_len) ids other than `config.pad_id`, each row cut to a random length >= 1 and padded with it."""
+    ids = torch.randint(0, config.vocab_size - 1, (batch, seq_len), generator=g)
+    ids += (ids >= config.pad_id).long()  # every id but the pad id
+    lengths = torch.randint(1, seq_len + 1, (batch, 1), generator=g)
+    lengths[0] = seq_len  # one full row
+    return ids.masked_fill(torch.arange(seq_len) >= lengths, config.pad_id)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,8 @@ computes (supernet/functional.py), with every block linear emitted by the kernel
 milliseconds, so measurement can build one per arch; `torch.onnx` would take seconds.
 
 Inputs and outputs: `images` (B, C, H, W) float -> `logits` (B, classes), or `tokens` (B, T) int64 -> `logits`
-(B, T, vocab) with T up to block_size; B (and T) are dynamic.
+(B, T, vocab), or (text) `logits` (B, classes), with T up to block_size; B (and T) are dynamic. A text model with a
+`pad_id` derives its key mask from the tokens (`Equal`), as the supernet does, so padding needs no second input.
 """
 
 from __future__ import annotations
@@ -197,6 +198,27 @@ def _causal_mask(g: Graph, seq: str) -> str:
     return g.op("Where", [later, g.const(-np.inf), g.const(0.0)])
 
 
+def _padding_mask(g: Graph, pad_id: int) -> tuple[str, str]:
+    """(additive (B, 1, 1, T) scores: the float32 minimum at padded keys, as functional.mask_bias; (B, T, 1) float
+    1/0 at real/padded tokens, for the pooling mean)."""
+    pad = g.op("Equal", ["tokens", g.const(pad_id, np.int64)])  # (B, T)
+    bias = g.op("Where", [pad, g.const(np.finfo(np.float32).min), g.const(0.0)])
+    keep = g.op("Where", [pad, g.const(0.0), g.const(1.0)])
+    return g.op("Unsqueeze", [bias, g.const([1, 2], np.int64)]), g.op("Unsqueeze", [keep, g.const([2], np.int64)])
+
+
+def _pool(g: Graph, x: str, config: ModelConfig, keep: str | None) -> str:
+    """(B, T, E) -> (B, E): the first (CLS) token, the mean, or the mean over real tokens (functional.classify)."""
+    if config.pooling == "cls":
+        return g.op("Gather", [x, g.const(0, np.int64)], axis=1)
+    if keep is None:
+        return g.op("ReduceMean", [x, g.const([1], np.int64)], keepdims=0)
+    axis = g.const([1], np.int64)
+    total = g.op("ReduceSum", [g.op("Mul", [x, keep]), axis], keepdims=0)
+    count = g.op("Max", [g.op("ReduceSum", [keep, axis], keepdims=0), g.const(1.0)])
+    return g.op("Div", [total, count])
+
+
 def _rope_inputs(g: Graph, config: ModelConfig, seq: str | None) -> tuple[str, str] | None:
     if config.positions != "rope":
         return None
@@ -216,21 +238,20 @@ def build_runtime_model(
         raise ValueError(f"kernel plan must name a kernel for {QUANTIZED_LINEARS} of each of {arch.depth} layers")
     tensors = _tensors(arrays, arch, config)
     g = Graph(external)
-    mask, seq = None, None
+    mask, seq, keep = None, None, None
     if config.task == "image":
         inp, x = _image_stem(g, tensors, config)
     else:
         inp, x, seq = _token_stem(g, tensors, config)
         if config.causal:
             mask = _causal_mask(g, seq)
+        elif config.pad_id is not None:
+            mask, keep = _padding_mask(g, config.pad_id)
     rope = _rope_inputs(g, config, seq)
     for i in range(arch.depth):
         x = _block(g, x, tensors, i, arch, config, plan[i], mask, rope)
     if config.task != "lm":  # classify the mean of the tokens or the first (CLS) token
-        if config.pooling == "cls":
-            x = g.op("Gather", [x, g.const(0, np.int64)], axis=1)
-        else:
-            x = g.op("ReduceMean", [x, g.const([1], np.int64)], keepdims=0)
+        x = _pool(g, x, config, keep)
     if "head.norm.weight" in tensors:
         x = _norm(g, x, tensors, "head.norm", config)
     if "head.pool.weight" in tensors:
