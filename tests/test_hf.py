@@ -19,6 +19,7 @@ from supernet.hf.families import FAMILIES  # noqa: E402
 from supernet.hf.load import default_space, load_pretrained, pretrained_info, supernet_from_pretrained  # noqa: E402
 from supernet.hf.save import hf_logits, save_hf, why_not  # noqa: E402
 from supernet.space import SearchSpace  # noqa: E402
+from tests.conftest import padded_tokens  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 VOCAB, POSITIONS = 61, 24
@@ -94,6 +95,24 @@ def test_largest_arch_reproduces_the_pretrained_logits(family: str, seed: int) -
         out = net(x, net.space.largest())
     assert out.shape == ref.shape
     assert (out - ref).abs().max() <= 1e-4 * ref.abs().max()
+
+
+@pytest.mark.parametrize("seed", SEEDS["bert"])
+def test_bert_on_padded_batches_matches_transformers_with_its_attention_mask(seed: int) -> None:
+    """Right-padded rows of random lengths: the imported supernet (mask from the ids) gives transformers' logits with
+    attention_mask = (ids != pad), and those are each row's logits without its padding."""
+    model = tiny_model("bert", seed)
+    net = supernet_from_pretrained(model)
+    assert net.config.pad_id == model.config.pad_token_id == 0
+    x = padded_tokens(net.config, 5, 17, torch.Generator().manual_seed(seed))
+    lengths = (x != 0).sum(1).tolist()
+    assert min(lengths) < 17
+    with torch.no_grad():
+        ref = model(input_ids=x, attention_mask=(x != 0).long()).logits
+        out = net(x, net.space.largest())
+        alone = torch.cat([model(input_ids=x[i : i + 1, :n]).logits for i, n in enumerate(lengths)])
+    assert (out - ref).abs().max() <= 1e-4 * ref.abs().max()
+    assert (out - alone).abs().max() <= 1e-4 * alone.abs().max()
 
 
 @pytest.mark.parametrize("family", ["vit", "llama"])

@@ -168,6 +168,12 @@ def _resize_bert_like(d: int, e: int, h: int, f: int, g: int) -> dict[str, int]:
 # ---- BERT -----------------------------------------------------------------------------------------------------------
 
 
+def _pad_id(c: Any) -> int | None:
+    """The padding id the model was configured with (its tokenizer's; a data module may set another)."""
+    pad = getattr(c, "pad_token_id", None)
+    return int(pad) if pad is not None and 0 <= pad < c.vocab_size else None
+
+
 def _bert_config(c: Any) -> tuple[ModelConfig, Sizes]:
     _divisible(c.hidden_size, c.num_attention_heads)
     _require(c, "position_embedding_type", ("absolute", None))
@@ -179,6 +185,7 @@ def _bert_config(c: Any) -> tuple[ModelConfig, Sizes]:
         vocab_size=int(c.vocab_size),
         block_size=int(c.max_position_embeddings),
         num_classes=int(c.num_labels),
+        pad_id=_pad_id(c),
         norm_position="post",
         activation=_act(c, "hidden_act"),
         pooling="cls",

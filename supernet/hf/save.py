@@ -120,6 +120,8 @@ def hf_model(sub: StaticSubnet, info: dict[str, Any], pad: bool = False) -> torc
         setattr(cfg, k, v)
     if mc.task != "image" and mc.positions == "learned":  # the table holds the positions fine-tuning used
         cfg.max_position_embeddings = mc.block_size
+    if mc.pad_id is not None:  # the padding the subnet masks (its tokenizer's): hf_forward masks the same ids
+        cfg.pad_token_id = mc.pad_id
     can = {k: v.detach().float().cpu() for k, v in sub.state_dict().items()}
     can = pad_canonical(can, arch, mc.kv_group, mc.head_dim, heads, ffn)
     if mc.task == "lm":
@@ -154,9 +156,18 @@ def save_hf(sub: StaticSubnet, info: dict[str, Any], out: str | Path, pad: bool 
     return out
 
 
+def hf_forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits of a `transformers` model of a supported family on this project's input (images or token ids); a
+    sequence classifier gets the attention mask `x != config.pad_token_id`, as this project's text models derive it."""
+    if x.is_floating_point():
+        return model(pixel_values=x).logits
+    pad = getattr(model.config, "pad_token_id", None)
+    if type(model).__name__.endswith("ForSequenceClassification") and pad is not None:
+        return model(input_ids=x, attention_mask=(x != pad).long()).logits
+    return model(input_ids=x).logits
+
+
 def hf_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Logits of a `transformers` model of a supported family on this project's input (images or token ids)."""
+    """`hf_forward` without gradients."""
     with torch.no_grad():
-        if x.is_floating_point():
-            return model(pixel_values=x).logits
-        return model(input_ids=x).logits
+        return hf_forward(model, x)
