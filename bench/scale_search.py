@@ -1,0 +1,105 @@
+"""A shared optuna search of a SmolLM-135M-shaped Llama by two workers on PostgreSQL: the budget completes with no
+arch measured twice, at a depth (30 layers) whose arch keys did not fit the first claims table.
+
+    python bench/scale_search.py [--budget 12] [--work results/scale_search]
+
+Steps: the model (random weights from SmolLM-135M's config, `bench/scale.py`'s) is imported and fine-tuned for two
+steps with `nas-train model=hf space=hf task=random_tokens` (synthetic tokens: a cost run, not a quality one), then
+two `nas-search search.backend=optuna` worker processes share one study on a throwaway PostgreSQL server
+(tests/pgserver.py), each measuring loss on 8 sequences of 64 tokens and ONNX Runtime latency. Checks and prints:
+trials measured, distinct archs, claims, key lengths. Writes bench/results/scale_search.{json,txt}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from tests.pgserver import PostgresServer  # noqa: E402
+
+MEASURE = ["latency.threads=1", "latency.repeats=5", "latency.warmup=1", "data_overrides.val_subset_size=8",
+           "+data_overrides.block_size=64"]  # fmt: skip
+
+
+def train(work: Path) -> Path:
+    """The 135M-shaped model, imported and fine-tuned for two steps (skipped when the run exists)."""
+    import scale
+
+    run = work / "run"
+    if (run / "supernet.safetensors").is_file():
+        return run
+    hf = work / "hf"
+    if not (hf / "config.json").is_file():
+        scale.stage_hf("smollm_135m", scale.MODELS["smollm_135m"], work.parent / work.name)
+        (work / "smollm_135m" / "hf").rename(hf)
+    args = ["model=hf", "space=hf", "task=random_tokens", f"model.pretrained={hf}", "model.block_size=64",
+            "model.importance=weight", "model.importance_batches=1", "data.vocab_size=49152", "data.batch_size=2",
+            "data.n_train=4", "data.n_val=8", "data.n_test=8", "data.eval_batch_size=8", "data.val_subset_size=8",
+            "train.teacher=pretrained", "train.reference_archs=0", "train.grad_checkpointing=true",
+            "trainer.max_steps=2", "trainer.max_epochs=1", "trainer.limit_val_batches=1",
+            "trainer.enable_progress_bar=false", f"hydra.run.dir={run}"]  # fmt: skip
+    subprocess.run([sys.executable, "-m", "supernet.train_cli", *args], cwd=ROOT, check=True)
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--budget", type=int, default=12)
+    ap.add_argument("--work", default=str(ROOT / "results" / "scale_search"))
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    run = train(work)
+    train_s = time.perf_counter() - t0
+    import optuna
+    import sqlalchemy as sa
+
+    with PostgresServer() as server:
+        url = server.create_database("smollm")
+        out = work / "search"
+        cmd = [sys.executable, "-m", "search.cli", f"run={run}", f"out={out}", "search.backend=optuna",
+               f"search.optuna.storage={url}", f"search.budget={args.budget}", "search.objectives=[loss,latency]",
+               *MEASURE]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        t0 = time.perf_counter()
+        workers = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                   for _ in range(2)]  # fmt: skip
+        logs = [w.communicate(timeout=3600)[0] for w in workers]
+        search_s = time.perf_counter() - t0
+        codes = [w.returncode for w in workers]
+        summaries = optuna.get_all_study_summaries(url)
+        study = optuna.load_study(study_name=summaries[0].study_name, storage=url)
+        done = [t for t in study.trials if "row" in t.user_attrs]
+        keys = [t.user_attrs["key"] for t in done]
+        with sa.create_engine(url).connect() as conn:
+            claims = conn.execute(sa.text("select count(*), max(length(arch_key)) from nas_arch_claims_v2")).one()
+    result = {
+        "model": "Llama of SmolLM-135M's shape (30 layers, width 576, GQA 9/3, FFN 1536), random weights",
+        "budget": args.budget, "workers": 2, "exit_codes": codes, "measured_trials": len(done),
+        "distinct_archs": len(set(keys)), "claims": claims[0], "longest_key": max(map(len, keys)),
+        "longest_claimed_key": claims[1], "train_s": round(train_s, 1), "search_s": round(search_s, 1),
+        "cpu": os.popen("lscpu | grep 'Model name'").read().split(":")[-1].strip(),
+        "date": time.strftime("%Y-%m-%d"),
+    }  # fmt: skip
+    text = "\n".join(f"{k}: {v}" for k, v in result.items())
+    print(text)
+    (ROOT / "bench" / "results" / "scale_search.json").write_text(json.dumps(result, indent=1))
+    (ROOT / "bench" / "results" / "scale_search.txt").write_text(
+        text + "\n\n" + "\n".join(f"--- worker {i} ---\n" + log[-3000:] for i, log in enumerate(logs))
+    )
+    if codes != [0, 0] or len(done) != args.budget or len(set(keys)) != len(keys):
+        raise SystemExit("the shared search did not complete its budget with distinct archs: see above")
+
+
+if __name__ == "__main__":
+    main()
