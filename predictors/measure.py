@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from scipy.stats import qmc
 
-from supernet.arch import Arch
+from supernet.arch import Arch, canonical_key
 from supernet.config import ModelConfig
 from supernet.costs import arch_costs
 from supernet.device_lock import measuring, timing
@@ -207,6 +207,29 @@ def reference_arch(space: SearchSpace) -> Arch:
     )  # fmt: skip
 
 
+def _current_key(key: Any) -> Any:
+    """An arch key as today's format writes it (anything that is not an arch key as it is)."""
+    try:
+        return canonical_key(key) if isinstance(key, str) else key
+    except ValueError:
+        return key
+
+
+def current_reference_keys(settings: Any) -> Any:
+    """`settings` (a measurement table's, a search's: nested dicts and lists) with the paired estimator's reference
+    arch, `latency_reference.arch` at any depth, written as today's key: settings recorded before keys held FFN widths
+    compare equal to today's, so their tables, searches and studies continue (nothing else is rewritten)."""
+    if isinstance(settings, list):
+        return [current_reference_keys(v) for v in settings]
+    if not isinstance(settings, dict):
+        return settings
+    out = {k: current_reference_keys(v) for k, v in settings.items()}
+    ref = out.get("latency_reference")
+    if isinstance(ref, dict) and "arch" in ref:
+        out["latency_reference"] = {**ref, "arch": _current_key(ref["arch"])}
+    return out
+
+
 def paired_reference(net: Supernet, kernels: KernelTable, example: torch.Tensor, cfg: LatencyConfig) -> Reference:
     """The reference of the paired estimator for this kernel table's target: its calibration (the minimum over
     three times the usual repeats) is measured once and kept in the table, so every later measurement of the run
@@ -219,7 +242,7 @@ def paired_reference(net: Supernet, kernels: KernelTable, example: torch.Tensor,
     inputs = feed(session, example)
     kernels.reload()  # another process of this run may have calibrated it already: one calibration per run
     saved = kernels.entries.get("reference")
-    if not saved or saved.get("arch") != arch.key():
+    if not saved or _current_key(saved.get("arch")) != arch.key():  # kept by a run before keys held FFN widths too
         calib = replace(cfg, estimator="min", repeats=3 * cfg.repeats)
         saved = {"arch": arch.key(), "ms": _timed(lambda: session.run(None, inputs), calib, _cpu_times)["latency_ms"]}
         kernels.entries["reference"] = saved

@@ -28,6 +28,7 @@ from predictors.measure import (
     accuracy_target,
     candidate_archs,
     check_device,
+    current_reference_keys,
     fixed_batches,
     kernel_table,
     latency_target,
@@ -115,8 +116,9 @@ def accuracy_kind(cfg: DictConfig) -> str:
 
 
 def changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """The keys of `current` whose value differs in `saved` (a key older tables lack compares at its default)."""
-    saved = {**SETTING_DEFAULTS, **saved}
+    """The keys of `current` whose value differs in `saved` (a key older tables lack compares at its default; a
+    reference arch saved before keys held FFN widths compares by its current key)."""
+    saved = current_reference_keys({**SETTING_DEFAULTS, **saved})
     return [k for k in current if saved.get(k) != current[k]]
 
 

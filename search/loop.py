@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from predictors.measure import candidate_archs
+from predictors.measure import candidate_archs, current_reference_keys
 from predictors.table import MeasurementTable, writer_lock
 from search.algorithms import build_algorithm, run_algorithm
 from search.config import SearchConfig
@@ -123,7 +123,7 @@ class RefinementSearch:
                 raise ValueError(f"{self.out / TABLE_NAME} has no {STATE_NAME} beside it; move it away to start over")
             return {"settings": self.settings(), "iterations": []}
         state = json.loads(path.read_text())
-        saved, now = state.get("settings", {}), self.settings()
+        saved, now = current_reference_keys(state.get("settings", {})), self.settings()
         for key in now:
             if saved.get(key) != now[key]:
                 diff = _first_difference(saved.get(key), now[key])

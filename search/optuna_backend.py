@@ -27,6 +27,7 @@ import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from sqlalchemy.exc import SQLAlchemyError
 
+from predictors.measure import current_reference_keys
 from predictors.table import MeasurementTable
 from search.claims import BUDGET, TAKEN, Claims
 from search.database import missing_driver_message, redact, resolve_url
@@ -279,4 +280,4 @@ def _without_storage(settings: dict[str, Any]) -> dict[str, Any]:
     """Settings without the storage URL: workers may spell the same database differently (host names, driver)."""
     search = {**settings.get("search", {})}
     search["optuna"] = {k: v for k, v in search.get("optuna", {}).items() if k != "storage"}
-    return {**settings, "search": search}
+    return current_reference_keys({**settings, "search": search})  # a study begun before keys held FFN widths too

@@ -12,12 +12,15 @@ from predictors.measure import (
     LatencyConfig,
     candidate_archs,
     check_device,
+    current_reference_keys,
     evaluate,
     latency,
     measure_arch,
 )
+from predictors.measure_cli import changed_settings
 from predictors.table import FIX, MeasurementTable
 from supernet import ModelConfig, build_supernet, extract_subnet
+from supernet.arch import Arch
 from tests.conftest import digits_net_and_batches
 
 COLUMNS = ["key", "accuracy", "latency_ms"]
@@ -81,6 +84,51 @@ def test_corrupt_table_is_detected_not_overwritten(tmp_path, content, message) -
     with pytest.raises(ValueError, match=message):
         MeasurementTable(path, COLUMNS)
     assert path.read_text() == content
+
+
+def test_table_of_old_format_keys_is_read_with_todays_keys(tmp_path) -> None:
+    """A table written before keys held FFN widths (`_r` ratios) loads with its rows keyed as today: looked up by
+    `arch.key()`, nothing measured again, the file left as it is; rows appended after it are in today's format, and
+    the mixed file reads back as one table (an arch written in both formats is a duplicate, refused)."""
+    a = Arch(2, 96, (3, 3), (8 / 3, 4.0), (8, 32))
+    b = Arch(3, 96, (3, 6, 6), (2.0, 2.0, 8 / 3), (4, 4, 4))
+    old = {a: "d2_e96_a32_h3-3_r2.6666666666666665-4_w8-32", b: "d3_e96_a32_h3-6-6_r2-2-2.6666666666666665_w4-4-4"}
+    path = tmp_path / "m.csv"
+    content = "key,accuracy,latency_ms\n" + "".join(f"{old[x]},{90 - i},{1 + i}\n" for i, x in enumerate(old))
+    path.write_text(content)
+    table = MeasurementTable(path, COLUMNS)
+    today = ["d2_e96_a32_h3*2_f256-384_w8-32", "d3_e96_a32_h3-6*2_f192*2-256_w4*3"]
+    assert list(table.rows) == [a.key(), b.key()] == today
+    assert a.key() in table and table.rows[b.key()]["accuracy"] == "89" and path.read_text() == content
+    c = Arch(1, 96, (6,), (4.0,), (8,))
+    table.append({"key": c.key(), "accuracy": 70, "latency_ms": 0.5})
+    assert path.read_text() == content + f"{c.key()},70,0.5\n"
+    again = MeasurementTable(path, COLUMNS)
+    assert list(again.rows) == [a.key(), b.key(), c.key()] and again.column("latency_ms") == [1, 2, 0.5]
+    with pytest.raises(ValueError, match="already in"):
+        again.append({"key": a.key(), "accuracy": 1, "latency_ms": 1})
+    path.write_text(content + f"{a.key()},1,1\n")
+    with pytest.raises(ValueError, match=r"\(line 4\): the arch appears twice"):
+        MeasurementTable(path, COLUMNS)
+    path.write_text(content + f"{c.key()},70,0.")  # a row cut short: the file is rewritten, all in today's keys
+    rewritten = MeasurementTable(path, COLUMNS)
+    assert rewritten.dropped_partial_line and path.read_text().split()[1:] == [f"{a.key()},90,1", f"{b.key()},89,2"]
+    path.write_text("key,accuracy,latency_ms\nd2_e96_a32_h3-3_rx-4_w8-32,1,1\n")
+    with pytest.raises(ValueError, match=r"row d2_e96_a32_h3-3_rx-4_w8-32 \(line 2\): .* is not an arch key"):
+        MeasurementTable(path, COLUMNS)
+
+
+def test_settings_naming_the_reference_arch_in_the_old_key_format_compare_equal() -> None:
+    """The paired estimator's reference arch is part of the settings a table, a search and a study record: one
+    recorded before keys held FFN widths compares equal to today's, so they all continue."""
+    ref = Arch(2, 96, (3, 3), (8 / 3, 8 / 3), (32, 32))
+    now = {"latency": {"estimator": "paired"}, "latency_reference": {"arch": ref.key(), "ms": 1.5}}
+    old = "d2_e96_a32_h3-3_r2.6666666666666665-2.6666666666666665_w32-32"
+    saved = {"latency": {"estimator": "paired"}, "latency_reference": {"arch": old, "ms": 1.5}}
+    assert changed_settings(saved, now) == []
+    assert current_reference_keys({"evaluator": saved, "runs": [saved]}) == {"evaluator": now, "runs": [now]}
+    assert changed_settings({**saved, "latency_reference": {"arch": "d2_e96_a32_h3-3_r2-2_w32-32", "ms": 1.5}}, now)
+    assert changed_settings({**saved, "latency_reference": {"arch": "not a key", "ms": 1.5}}, now)
 
 
 REAL_COLUMNS = ["key", "genes", "split", "iteration", "accuracy", "loss", "latency_ms", "latency_cv", "bytes",

@@ -786,6 +786,65 @@ def test_optuna_runs_to_budget_and_continues(bench, tmp_path) -> None:
     assert more.calls == 2 and len(rows) == 10 and [r["key"] for r in rows[:8]] == keys
 
 
+def old_key(a: Arch) -> str:
+    """The key an arch had before keys held FFN widths: every layer's ratio written out, `_r4-2.6666666666666665`."""
+    ratios = "-".join(str(int(r)) if r.is_integer() else repr(r) for r in a.mlp_ratio)
+    heads, bits = "-".join(map(str, a.num_heads)), "-".join(map(str, a.w_bits))
+    return f"d{a.depth}_e{a.embed_dim}_a{a.a_bits}_h{heads}_r{ratios}_w{bits}"
+
+
+class ReferencedEvaluator(CachedEvaluator):
+    """Settings that name an arch, as the paired latency estimator's reference does."""
+
+    def settings(self) -> dict[str, Any]:
+        return {"supernet": "digits", "latency_reference": {"arch": self.net.space.largest().key(), "ms": 1.0}}
+
+
+def test_optuna_study_of_old_format_keys_continues(bench, tmp_path) -> None:
+    """A study, its search.json and its evaluations.csv written before keys held FFN widths (keys and the settings'
+    reference arch in the `_r` format; claims in the first table, `nas_arch_claims`): a larger budget continues it,
+    nothing measured twice, its archs claimed again under today's keys (nas_arch_claims_v2) within the budget."""
+    import sqlite3
+
+    from search.claims import digest
+
+    make_optuna(bench, tmp_path, ReferencedEvaluator(bench)).run()
+    _, rows = read_csv(tmp_path / TABLE_NAME)
+    archs = {r["key"]: bench.space.decode([int(g) for g in r["genes"].split()]) for r in rows}
+    old = {k: old_key(a) for k, a in archs.items()}
+    assert len(old) == 8 and all(Arch.from_key(o) == archs[k] and o != k for k, o in old.items())
+    with sqlite3.connect(tmp_path / "study.db") as db:  # back to the format of its day
+        for (attr_id, value) in db.execute("select trial_user_attribute_id, value_json from trial_user_attributes "
+                                           "where key = 'key'").fetchall():  # fmt: skip
+            db.execute("update trial_user_attributes set value_json = ? where trial_user_attribute_id = ?",
+                       (json.dumps(old[json.loads(value)]), attr_id))  # fmt: skip
+        (settings,) = db.execute("select value_json from study_user_attributes where key = 'settings'").fetchone()
+        db.execute("update study_user_attributes set value_json = ? where key = 'settings'",
+                   (settings.replace(bench.space.largest().key(), old_key(bench.space.largest())),))  # fmt: skip
+        db.execute("alter table nas_arch_claims_v2 rename to nas_arch_claims")
+    state = tmp_path / STATE_NAME
+    state.write_text(state.read_text().replace(bench.space.largest().key(), old_key(bench.space.largest())))
+    table = tmp_path / TABLE_NAME
+    text = table.read_text()
+    for k, o in old.items():
+        text = text.replace(f"{k},", f"{o},")
+    table.write_text(text)
+    assert old_key(bench.space.largest()) in state.read_text() and all(o in text for o in old.values())
+    more = ReferencedEvaluator(bench)
+    search = make_optuna(bench, tmp_path, more, budget=10)
+    n = len(search.study.trials)
+    search.study.enqueue_trial(search._params(bench.space.largest()))  # measured before: answered from the study
+    search.run()
+    repeat = search.study.trials[n]
+    assert repeat.state == optuna.trial.TrialState.COMPLETE and repeat.user_attrs["repeat"]
+    _, rows = read_csv(tmp_path / TABLE_NAME)
+    assert more.calls == 2 and len(rows) == 10 and [r["key"] for r in rows[:8]] == list(old)
+    with sqlite3.connect(tmp_path / "study.db") as db:
+        claimed = dict(db.execute("select arch_digest, arch_key from nas_arch_claims_v2").fetchall())
+    assert sorted(claimed.values()) == sorted(r["key"] for r in rows)
+    assert all(digest(k) == d for d, k in claimed.items())
+
+
 def test_optuna_with_a_constraint(bench, tmp_path) -> None:
     bound = float(np.median([arch_costs(a, bench.net.config).bytes for a in bench.space.all_archs()]))
     make_optuna(bench, tmp_path, constraints={"bytes": {"max": bound}}).run()
