@@ -173,6 +173,18 @@ def test_claims_of_long_keys_on_a_real_database(study_url) -> None:
     claims = Claims(study_url, "deep")
     keys = [f"d80_e2048_a32_h{'-'.join(['32', str(8 * i)] * 40)}_f{'8192-' * 79}8192_w{'32-' * 79}32" for i in range(3)]
     assert min(map(len, keys)) > 800
+    # The case: a 30-layer arch of SmolLM-135M's shape keyed in the format before FFN widths (705 characters)
+    # is refused by the first table's VARCHAR(512) on PostgreSQL (SQLite ignores lengths).
+    ratios = "-".join(["2.6666666666666665", "1.3333333333333333", "0.6666666666666666"] * 10)
+    smollm = f"d30_e576_a32_h{'-'.join(['9', '6', '3'] * 10)}_r{ratios}_w{'-'.join(['8', '4', '2'] * 10)}"
+    assert len(smollm) > 512
+    if study_url.startswith("postgresql"):
+        first = sa.Table("nas_arch_claims", sa.MetaData(), sa.Column("arch_key", sa.String(512), primary_key=True))
+        engine = sa.create_engine(resolve_url(study_url))
+        first.create(engine)
+        with pytest.raises(sa.exc.DataError, match="value too long for type character varying"), engine.begin() as c:
+            c.execute(sa.insert(first).values(arch_key=smollm))
+    keys[2] = smollm
     assert [claims.claim(k, n, 3, none_failed) for n, k in enumerate(keys)] == [MINE] * 3
     assert claims.claim(keys[0], 9, 3, none_failed) == "taken"
     with sa.create_engine(resolve_url(study_url)).connect() as conn:
