@@ -19,11 +19,6 @@ import yaml
 PER_LAYER_FIELDS = ("num_heads", "mlp_ratio", "w_bits")
 
 
-def _fmt_ratio(r: float) -> str:
-    """Short, exact text for an FFN ratio: 4.0 -> '4', 0.5 -> '0.5', 8/3 -> '2.6666666666666665' (round-trips)."""
-    return str(int(r)) if r.is_integer() else repr(r)
-
-
 def _runs(values: Sequence[Any]) -> str:
     """Per-layer values with each maximal run of n >= 2 equal values written `v*n`: 9,9,9,6 -> '9*3-6'."""
     parts, i = [], 0
@@ -93,9 +88,11 @@ class Arch:
     def key(self) -> str:
         """Canonical string key, stable across runs and processes: depth, embedding width, activation bits, then per
         layer the heads, FFN widths and weight bits, runs of equal values written `v*n`; e.g.
-        `d3_e128_a32_h4*2-2_f512-320*2_w32-8*2`. Random 30-layer archs of SmolLM-135M's shape take 184 characters
-        (median; at most 266 in 2,000 draws, 735 in the format before), its largest 34; databases key on a digest
-        of it (search/claims.py)."""
+        `d3_e128_a32_h4*2-2_f512-320*2_w32-8*2`. At most the digits of the widest heads, FFN width and bits plus
+        three separators a layer (tests/test_arch.py `key_length_bound`): a 30-layer arch of SmolLM-135M's shape
+        takes at most 315 characters (random ones 239 median; 589 and up to 735 in the format before), its largest
+        34 (`d30_e576_a32_h9*30_f1536*30_w32*30`). Keys still grow with depth, so databases key on a digest of it
+        (search/claims.py) and no file is named by it."""
         return (
             f"d{self.depth}_e{self.embed_dim}_a{self.a_bits}"
             f"_h{_runs(self.num_heads)}"
@@ -104,15 +101,27 @@ class Arch:
         )
 
     @classmethod
-    def from_key(cls, key: str) -> Arch:
+    def from_key(cls, key: str, space: Any = None) -> Arch:
         """The arch of a key, in the current format (FFN widths, `_f`; ratio = width / embed_dim, the correctly
-        rounded float of that fraction) or the earlier one (FFN ratios per layer, `_r`)."""
+        rounded float of that fraction) or the earlier one (FFN ratios per layer, `_r`). The fraction equals a
+        space's ratio whenever that ratio is the float nearest to width / embed_dim (ratios typed as decimals, and
+        `w / E` as supernet/hf/load.py builds them); with `space` (a SearchSpace) given, each ratio is the space's
+        choice of the same FFN width, so an arch of the space comes back equal whatever its ratios' spelling."""
+        arch = cls._parse_key(key)
+        if space is None:
+            return arch
+        same_width = {round(r * arch.embed_dim): float(r) for r in space.mlp_ratio}
+        ratios = [same_width.get(arch.ffn_hidden(i), r) for i, r in enumerate(arch.mlp_ratio)]
+        return cls(arch.depth, arch.embed_dim, arch.num_heads, ratios, arch.w_bits, arch.a_bits)
+
+    @classmethod
+    def _parse_key(cls, key: str) -> Arch:
         try:
             d, e, a, h, f, w = key.split("_")
             if not (d[0], e[0], a[0], h[0], w[0]) == ("d", "e", "a", "h", "w") or f[0] not in "fr":
                 raise ValueError
             embed = int(e[1:])
-            ffn = _unruns(f[1:], float)
+            ffn = _unruns(f[1:], int if f[0] == "f" else float)  # widths, or (the earlier format) ratios
             ratios = [x / embed for x in ffn] if f[0] == "f" else ffn
             return cls(int(d[1:]), embed, _unruns(h[1:], int), ratios, _unruns(w[1:], int), int(a[1:]))
         except (ValueError, IndexError, ZeroDivisionError):

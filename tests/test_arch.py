@@ -154,31 +154,70 @@ def test_key_names_the_ffn_width_the_subnet_computes():
     assert a.key() != Arch(1, 96, (1,), (2.5,), (8,)).key()
 
 
-@pytest.mark.parametrize("space_name", ["default", "small", "smollm", "llama_1b"])
-def test_keys_round_trip_and_stay_short_at_any_depth(space_name, default_space, small_space):
-    """from_key(key) is the arch over random archs of several spaces (imported-model spaces with fractional ratios
-    such as 1536/576 included); keys of the old format (ratios, `_r`) read as the same arch; a 30-layer arch of
-    SmolLM-135M's shape stays within 11 characters a layer (it took up to 735 in all in the old format)."""
-    from supernet.arch import canonical_key
+def old_format_key(a: Arch) -> str:
+    """The key as written before keys held FFN widths: every layer's ratio, integers without '.0' (round-trips)."""
+    ratios = "-".join(str(int(r)) if r.is_integer() else repr(r) for r in a.mlp_ratio)
+    heads, bits = "-".join(map(str, a.num_heads)), "-".join(map(str, a.w_bits))
+    return f"d{a.depth}_e{a.embed_dim}_a{a.a_bits}_h{heads}_r{ratios}_w{bits}"
+
+
+def key_length_bound(space: SearchSpace, depth: int) -> int:
+    """The longest key an arch of `space` with `depth` layers can have: the global part, then per layer the widest
+    heads, FFN width and weight bits in digits plus one separator each (runs `v*n` only ever shorten a key)."""
+    digits = lambda values: max(len(str(v)) for v in values)  # noqa: E731
+    widths = [round(r * e) for r in space.mlp_ratio for e in space.embed_dim]
+    head = f"d{depth}_e{max(space.embed_dim)}_a{max(space.a_bits)}_h_f_w"
+    return len(head) + depth * (digits(space.num_heads) + digits(widths) + digits(space.w_bits) + 3) - 3
+
+
+HF_SHAPES = {  # (layers, embed, heads, FFN width), GQA group: SmolLM-135M, Llama-3.2-1B, an 80-layer Llama-70B shape
+    "smollm_135m": ((30, 576, 9, 1536), 3),
+    "llama_3_2_1b": ((16, 2048, 32, 8192), 4),
+    "llama_80_layers": ((80, 8192, 64, 28672), 8),
+}
+
+
+def hf_shaped_space(name: str) -> SearchSpace:
     from supernet.config import ModelConfig
     from supernet.hf.families import Sizes
     from supernet.hf.load import default_space as hf_space
 
-    shapes = {"smollm": Sizes(30, 576, 9, 1536), "llama_1b": Sizes(16, 2048, 32, 8192)}
-    groups = {"smollm": 3, "llama_1b": 4}
-    if space_name in shapes:
-        space = hf_space(ModelConfig(task="lm", kv_group=groups[space_name], head_dim=64), shapes[space_name])
-    else:
-        space = {"default": default_space, "small": small_space}[space_name]
+    sizes, group = HF_SHAPES[name]
+    return hf_space(ModelConfig(task="lm", kv_group=group, head_dim=64), Sizes(*sizes))
+
+
+@pytest.mark.parametrize("space_name", ["default", "small", *HF_SHAPES])
+def test_keys_round_trip_and_stay_within_their_bound_at_any_depth(space_name, default_space, small_space):
+    """from_key(key) is the arch over random archs of several spaces (imported-model spaces with fractional ratios
+    such as 1536/576 and depths up to 80 included), with or without the space given; keys of the old format
+    (ratios, `_r`) read as the same arch and re-key to today's key; no key exceeds `key_length_bound` (315
+    characters at SmolLM-135M's 30 layers, where the old format took up to 735; 976 at 80 layers of 64 heads and FFN
+    widths of 5 digits), and the largest arch, all layers alike, is a few dozen characters at any depth."""
+    from supernet.arch import canonical_key
+
+    space = {"default": default_space, "small": small_space}.get(space_name) or hf_shaped_space(space_name)
     rng = np.random.default_rng(7)
     for a in [space.largest(), space.smallest(), *(space.sample(rng) for _ in range(300))]:
-        assert Arch.from_key(a.key()) == a
-        old = (f"d{a.depth}_e{a.embed_dim}_a{a.a_bits}_h{'-'.join(map(str, a.num_heads))}"
-               f"_r{'-'.join(repr(r) for r in a.mlp_ratio)}_w{'-'.join(map(str, a.w_bits))}")  # fmt: skip
-        assert canonical_key(old) == a.key()
-        assert len(a.key()) <= 11 * a.depth + 20
-    if space_name == "smollm":
-        assert len(space.largest().key()) < 50
+        assert Arch.from_key(a.key()) == a == Arch.from_key(a.key(), space)
+        assert canonical_key(old_format_key(a)) == a.key() and canonical_key(a.key()) == a.key()
+        assert Arch.from_key(old_format_key(a)) == a
+        assert len(a.key()) <= key_length_bound(space, a.depth)
+    assert len(space.largest().key()) <= 40
+    if space_name == "smollm_135m":
+        assert key_length_bound(space, 30) == 315 and len(old_format_key(space.largest())) == 735
+        assert space.largest().key() == "d30_e576_a32_h9*30_f1536*30_w32*30"
+    if space_name == "llama_80_layers":
+        assert key_length_bound(space, 80) == 976
+
+
+def test_key_of_a_user_ratio_reads_back_as_the_space_choice():
+    """A ratio typed as a decimal close to a fraction (2.66666666666 × 96 is 256 to within the space's 1e-9) keys as
+    its FFN width; read back alone it is 256/96, read back with its space it is the space's own choice."""
+    space = SearchSpace(depth=[2], embed_dim=[96], num_heads=[3], mlp_ratio=[2.66666666666, 4.0], w_bits=[8])
+    a = space.validate(Arch(2, 96, (3, 3), (2.66666666666, 4.0), (8, 8)))
+    assert a.key() == "d2_e96_a32_h3*2_f256-384_w8*2"
+    assert Arch.from_key(a.key()) != a and Arch.from_key(a.key()).key() == a.key()
+    assert Arch.from_key(a.key(), space) == a and space.contains(Arch.from_key(a.key(), space))
 
 
 def test_not_an_arch_key():
