@@ -217,7 +217,7 @@ def test_weights_of_another_arch_are_refused(task_net, saved, tmp_path) -> None:
     bigger = replace(largest, w_bits=(8,) * largest.depth)  # more codes, scales and floats than the saved arch
     named = re.escape(f"holds the weights of '{smallest.key()}'")
     for other, message in ((smallest, named), (bigger, "holds the weights of")):
-        donor = save_subnet(extract_subnet(task_net, other, qat=True), tmp_path / other.key())
+        donor = save_subnet(extract_subnet(task_net, other, qat=True), tmp_path / f"donor_d{other.depth}")
         shutil.copy(donor / WEIGHTS_NAME, saved / WEIGHTS_NAME)
         fix_hash(saved)
         with pytest.raises(ValueError, match=message):
