@@ -234,3 +234,29 @@ def test_the_paired_reference_is_an_arch_of_every_shipped_space(default_space, s
     for space in (default_space, small_space):
         arch = reference_arch(space)
         assert space.validate(arch) == arch and arch.w_bits[0] == max(space.w_bits)
+
+
+def test_a_calibration_kept_under_the_old_key_format_is_reused(monkeypatch, default_space, tmp_path):
+    """kernels.json keeps the paired estimator's calibration under its reference arch's key; one kept before keys
+    held FFN widths (`_r`) is the same arch: it is reused, not measured again (rows stay in the same units)."""
+    from predictors import measure as measure_mod
+    from supernet import build_supernet
+    from tests.conftest import TASK_CONFIGS, randomize
+
+    net = randomize(build_supernet(default_space, TASK_CONFIGS["image"])).eval()
+    ref = measure_mod.reference_arch(default_space)
+    ratios = "-".join(str(int(r)) if r.is_integer() else repr(r) for r in ref.mlp_ratio)
+    heads, bits = "-".join(map(str, ref.num_heads)), "-".join(map(str, ref.w_bits))
+    old = f"d{ref.depth}_e{ref.embed_dim}_a{ref.a_bits}_h{heads}_r{ratios}_w{bits}"
+    assert old != ref.key() and Arch.from_key(old) == ref
+    monkeypatch.setattr(kernels_mod, "measure_linear", lambda *args: {"kernel": "float", "us": {}, "rejected": {}})
+    table = KernelTable(threads=1, batch=1, tokens=net.config.tokens(), path=tmp_path / "kernels.json")
+    (tmp_path / "kernels.json").write_text(json.dumps({table.target_key(): {"reference": {"arch": old, "ms": 0.125}}}))
+    table = KernelTable(threads=1, batch=1, tokens=net.config.tokens(), path=tmp_path / "kernels.json")
+
+    def calibrate(*args):
+        raise AssertionError("calibrated again")
+
+    monkeypatch.setattr(measure_mod, "_timed", calibrate)
+    reference = measure_mod.paired_reference(net, table, sample_input(net.config, batch=1), LatencyConfig())
+    assert reference.ms == 0.125 and reference.arch == ref.key()
