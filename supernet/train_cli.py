@@ -46,7 +46,7 @@ HOW_TO_RUN_TRAIN_KEYS = ("grad_checkpointing",)
 def model_config(cfg_model: dict, spec: dict) -> ModelConfig:
     """The model config: the `model` group plus the fields the data fixes (task, geometry, vocabulary)."""
     if cfg_model.get("task", spec["task"]) != spec["task"]:
-        fix = "model=lm" if spec["task"] == "lm" else "model=vit"
+        fix = {"lm": "model=lm", "text": "model=hf model.pretrained=<a BERT directory>"}.get(spec["task"], "model=vit")
         raise ValueError(f"model.task={cfg_model['task']!r} does not fit the data's task {spec['task']!r}; use {fix}")
     return ModelConfig.from_config({**cfg_model, **spec})
 

@@ -16,8 +16,11 @@ transformers = pytest.importorskip("transformers")
 
 from export.cli import CONF_DIR as EXPORT_CONF  # noqa: E402
 from export.cli import export_run  # noqa: E402
+from predictors.fit_cli import fit_run  # noqa: E402
+from predictors.measure_cli import measure_run  # noqa: E402
+from search.cli import build_search  # noqa: E402
 from supernet.artifact import load_supernet  # noqa: E402
-from supernet.data import DigitsDataModule  # noqa: E402
+from supernet.data import DigitsDataModule, ShakespeareGenreDataModule  # noqa: E402
 from supernet.extract import extract_subnet  # noqa: E402
 from supernet.hf.load import describe, load_pretrained  # noqa: E402
 from supernet.hf.prepare import check_data, prepare_pretrained  # noqa: E402
@@ -191,3 +194,86 @@ def test_a_pretrained_llama_on_shakespeare_fine_tunes_and_exports_back(tmp_path)
     x = torch.randint(0, 256, (2, 20))
     with torch.no_grad():
         assert (hf_logits(back, x) - load_subnet(out)(x)).abs().max() <= 1e-4
+
+
+# ---- text classification: a pretrained BERT with its own tokenizer --------------------------------------------------
+
+GENRE = ["task=shakespeare_genre", "model.block_size=32", "data.batch_size=32"]
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    """A 2-layer BERT (hidden 32) with a 1,000-token WordPiece tokenizer trained on the genre task's training works,
+    pretrained 300 steps on it (about 40 % on 3 classes, 8 s) and saved with save_pretrained."""
+    out = tmp_path_factory.mktemp("hf") / "bert"
+    args = argparse.Namespace(family="bert", task="shakespeare_genre", out=str(out), epochs=1, batch_size=32, lr=3e-3,
+                              train_subset=None, limit_train_batches=300, limit_eval_batches=4, patch_size=1, seed=0,
+                              hidden=32, layers=2, heads=2, ffn=64, block_size=32, vocab_size=1000)  # fmt: skip
+    record = pretrain(args)
+    assert record["family"] == "BertForSequenceClassification"
+    assert record["preprocessing"]["classes"] == ["comedy", "history", "tragedy"]
+    return out
+
+
+def test_a_pretrained_bert_on_labelled_text_goes_from_nas_train_to_export(bert, tmp_path) -> None:
+    """nas-train (the tokenizer from the model's directory, padding masked), nas-measure, nas-fit, nas-search and
+    nas-export of the knee, written back as a BertForSequenceClassification equal to the subnet on padded text."""
+    run = tmp_path / "run"
+    # Full width: BertConfig derives head_dim from hidden / heads, so every knee has a (padded) BERT form.
+    cfg = make_cfg("model=hf", "space=hf", *GENRE, f"model.pretrained={bert}", "train.teacher=pretrained",
+                   "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+                   "trainer.enable_progress_bar=false", "data.val_subset_size=64", "space.w_bits=[4,32]",
+                   "space.embed_fraction=[1.0]")  # fmt: skip
+    summary = train(cfg, run)
+    assert summary["pretrained"]["family"] == "BertForSequenceClassification" and summary["global_step"] == 2
+    net, info = load_supernet(run)
+    assert net.config.task == "text" and net.config.pad_id == 0 and net.config.block_size == 32
+    assert info["data"]["preprocessing"]["tokenizer"] == str(bert)
+
+    with initialize_config_dir(config_dir=EXPORT_CONF, version_base=None):
+        measure = ["n_archs=30", "holdout_fraction=0.4", *MEASURE_OVERRIDES]
+        table = measure_run(compose(config_name="measure", overrides=[f"run={run}", *measure]))
+        fit_run(compose(config_name="measure", overrides=[f"run={run}", *measure, "fit.k_folds=2"]))
+        search = [f"run={run}", *MEASURE_OVERRIDES, f"init_from={table}", "search.budget=8", "search.initial=8",
+                  "search.batch_size=2", "search.n_candidates=200", "search.predictor.candidates=[ridge]",
+                  "search.predictor.k_folds=2"]  # fmt: skip
+        build_search(compose(config_name="search", overrides=search)).run()
+        ecfg = compose(config_name="export", overrides=[f"run={run}", "select=knee", "hf_pad=true", "verify.batch=16",
+                                                        *MEASURE_OVERRIDES])  # fmt: skip
+    accuracies = {round(float(line.split(",")[3]), 3) for line in table.read_text().splitlines()[1:]}
+    assert len(accuracies) > 1  # the archs really differ
+    out = export_run(ecfg)
+    record = yaml.safe_load((out / "arch.yaml").read_text())
+    assert record["hugging_face"]["written"] and record["hugging_face"]["passed"]
+    back = load_pretrained(str(out / "hf"))
+    assert type(back).__name__ == "BertForSequenceClassification" and back.config.pad_token_id == 0
+    dm = ShakespeareGenreDataModule(tokenizer=str(bert), block_size=32, val_subset_size=16)
+    x = next(iter(dm.val_subset_dataloader()))[0]
+    assert (x == 0).any()  # padded passages
+    with torch.no_grad():
+        assert (hf_logits(back, x) - load_subnet(out)(x)).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.block_size=64"], r"data.block_size=64 is longer than the 32 positions of .*bert; lower"),
+        (["data.poems=true"], r"data.classes \['comedy', 'history', 'tragedy', 'poetry'\] are not the model's classes"),
+        (["data.tokenizer=NOTOKENIZER"], r"no tokenizer in .* \(found: config.json, model.safetensors, pretrain.json;"),
+    ],
+)
+def test_text_data_that_does_not_fit_the_bert_is_one_line(bert, tmp_path, overrides, message) -> None:
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors", "pretrain.json"):
+        (bare / name).write_bytes((bert / name).read_bytes())
+    overrides = [o.replace("NOTOKENIZER", str(bare)) for o in overrides]
+    cfg = make_cfg("model=hf", "space=hf", *GENRE, f"model.pretrained={bert}", *overrides)
+    with pytest.raises(ValueError, match=message) as e:
+        train(cfg, tmp_path / "run")
+    assert "\n" not in str(e.value)
+
+
+def test_text_task_without_a_pretrained_model_is_one_line(tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"tokenised with the model's own tokenizer and none is set: pass model.pre"):
+        train(make_cfg(*GENRE), tmp_path / "run")

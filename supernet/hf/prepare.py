@@ -45,7 +45,7 @@ def check_data(mc: ModelConfig, spec: dict[str, Any], source: str) -> ModelConfi
     if spec["task"] != mc.task:
         raise ValueError(
             f"{source} is a {mc.task!r} model but the data's task is {spec['task']!r}; supported pairs: "
-            "ViT with image data, GPT-2 or Llama with language-modelling data"
+            "ViT with image data, BERT with labelled text, GPT-2 or Llama with language-modelling data"
         )
     if mc.task == "image":
         want = (mc.in_channels, mc.image_size, mc.num_classes)
@@ -56,7 +56,9 @@ def check_data(mc: ModelConfig, spec: dict[str, Any], source: str) -> ModelConfi
                 f"has {got[0]}×{got[1]}×{got[1]} in {got[2]}; use a model of the data's geometry"
             )
         return mc
-    if spec["vocab_size"] != mc.vocab_size:
+    # A classifier only embeds the ids (a vocabulary padded past the tokenizer's is fine); an LM predicts them too.
+    too_many = spec["vocab_size"] > mc.vocab_size
+    if too_many or (mc.task != "text" and spec["vocab_size"] != mc.vocab_size):
         raise ValueError(
             f"tokenizer/vocabulary mismatch: the data's token ids come from a vocabulary of "
             f"{spec['vocab_size']}, {source} has {mc.vocab_size} embeddings; use a model trained on this "
@@ -68,8 +70,14 @@ def check_data(mc: ModelConfig, spec: dict[str, Any], source: str) -> ModelConfi
             f"{source}; lower data.block_size"
         )
     if mc.task == "text" and spec.get("num_classes") != mc.num_classes:
-        raise ValueError(f"{source} classifies into {mc.num_classes} classes, the data has {spec.get('num_classes')}")
-    return ModelConfig.from_config({**mc.to_dict(), "block_size": int(spec["block_size"])})
+        raise ValueError(
+            f"{source} classifies into {mc.num_classes} classes, the data has {spec.get('num_classes')}; use a model "
+            "fine-tuned on these classes"
+        )
+    fixed = {"block_size": int(spec["block_size"])}
+    if mc.task == "text":  # the model masks the padding the data's tokenizer writes
+        fixed["pad_id"] = spec.get("pad_id")
+    return ModelConfig.from_config({**mc.to_dict(), **fixed})
 
 
 # what a user may set on an imported model: everything else is the model's own math, read from its config

@@ -3,9 +3,12 @@
 
     nas-hf-pretrain --family vit --out results/hf_pretrained            # ViT on Fashion-MNIST
     nas-hf-pretrain --family llama --task shakespeare --out results/hf_llama
+    nas-hf-pretrain --family bert --task shakespeare_genre --out results/hf_bert   # + its WordPiece tokenizer
 
 It trains with Lightning (AdamW, warmup + cosine) on the task's training split, reports the validation and test
-metrics, and writes the model directory plus `pretrain.json`. A finished directory is not trained again.
+metrics, and writes the model directory plus `pretrain.json`. A finished directory is not trained again. For text
+classification it first trains a WordPiece tokenizer on the training split (`--vocab-size` tokens) and saves it in
+the same directory, where `nas-train model=hf` finds it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import lightning as L
 import torch
 
 from supernet.hf import quiet_transformers
+from supernet.hf.save import hf_forward
 from supernet.training import build_optimizer, eval_metrics, task_loss
 
 SIZES = {"hidden": 128, "layers": 4, "heads": 4, "ffn": 512}
@@ -41,6 +45,18 @@ def hf_config(family: str, spec: dict[str, Any], s: dict[str, int], patch_size: 
             num_channels=spec["in_channels"],
             num_labels=spec["num_classes"],
             architectures=["ViTForImageClassification"],
+        )
+    if family == "bert":
+        return transformers.BertConfig(
+            vocab_size=spec["vocab_size"],
+            hidden_size=s["hidden"],
+            num_hidden_layers=s["layers"],
+            num_attention_heads=s["heads"],
+            intermediate_size=s["ffn"],
+            max_position_embeddings=spec["block_size"],
+            num_labels=spec["num_classes"],
+            pad_token_id=spec["pad_id"],
+            architectures=["BertForSequenceClassification"],
         )
     if family == "gpt2":
         return transformers.GPT2Config(
@@ -68,7 +84,7 @@ def hf_config(family: str, spec: dict[str, Any], s: dict[str, int], patch_size: 
             pad_token_id=None,
             architectures=["LlamaForCausalLM"],
         )
-    raise ValueError(f"--family {family!r} is not one of ['vit', 'gpt2', 'llama']")
+    raise ValueError(f"--family {family!r} is not one of ['vit', 'bert', 'gpt2', 'llama']")
 
 
 class HFModule(L.LightningModule):
@@ -79,7 +95,7 @@ class HFModule(L.LightningModule):
         self.model, self.cfg, self.metric = model, train, metric
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=x).logits if x.is_floating_point() else self.model(input_ids=x).logits
+        return hf_forward(self.model, x)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -101,16 +117,36 @@ class HFModule(L.LightningModule):
         return build_optimizer(self.model, self.cfg, int(self.trainer.estimated_stepping_batches))
 
 
-def build_data(task: str, batch_size: int, train_subset: int | None):
-    from supernet.data import DigitsDataModule, FashionMNISTDataModule, ShakespeareDataModule
+TASKS = ("fashion_mnist", "digits", "shakespeare", "shakespeare_genre")
 
-    if task == "fashion_mnist":
-        return FashionMNISTDataModule(batch_size=batch_size, train_subset=train_subset)
-    if task == "digits":
-        return DigitsDataModule(batch_size=batch_size, train_subset=train_subset)
-    if task == "shakespeare":
-        return ShakespeareDataModule(batch_size=batch_size)
-    raise ValueError(f"--task {task!r} is not one of ['fashion_mnist', 'digits', 'shakespeare']")
+
+def build_data(args: argparse.Namespace, out: Path):
+    """The task's data module; for text classification after training its tokenizer into `out`."""
+    from supernet.data import (
+        DigitsDataModule,
+        FashionMNISTDataModule,
+        ShakespeareDataModule,
+        ShakespeareGenreDataModule,
+    )
+
+    block_size = getattr(args, "block_size", 64)  # (argparse namespaces written before these options)
+    if args.task == "fashion_mnist":
+        return FashionMNISTDataModule(batch_size=args.batch_size, train_subset=args.train_subset)
+    if args.task == "digits":
+        return DigitsDataModule(batch_size=args.batch_size, train_subset=args.train_subset)
+    if args.task == "shakespeare":
+        return ShakespeareDataModule(batch_size=args.batch_size, block_size=block_size)
+    if args.task == "shakespeare_genre":
+        if args.family != "bert":
+            raise ValueError(f"--task shakespeare_genre classifies text: use --family bert, not {args.family!r}")
+        from supernet.data.labelled import read_labelled
+        from supernet.data.tokenizer import train_wordpiece
+
+        dm = ShakespeareGenreDataModule(tokenizer=str(out), block_size=block_size, batch_size=args.batch_size)
+        texts = (text for text, _ in read_labelled(dm.files()["train"]))  # the training works only
+        train_wordpiece(texts, out, getattr(args, "vocab_size", 4096))
+        return dm
+    raise ValueError(f"--task {args.task!r} is not one of {list(TASKS)}")
 
 
 def pretrain(args: argparse.Namespace) -> dict[str, Any]:
@@ -123,12 +159,15 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
         print(f"nas-hf-pretrain: {out} is already trained (delete it to train again)")
         return json.loads((out / "pretrain.json").read_text())
     L.seed_everything(args.seed, verbose=False)
-    dm = build_data(args.task, args.batch_size, args.train_subset)
+    dm = build_data(args, out)
     spec = dm.input_spec()
     sizes = {k: getattr(args, k) for k in SIZES}
     cfg = hf_config(args.family, spec, sizes, args.patch_size)
+    if getattr(dm, "classes", None):  # named labels: what the data module maps label names to
+        cfg.id2label = dict(enumerate(dm.classes))
+        cfg.label2id = {c: i for i, c in enumerate(dm.classes)}
     model = getattr(transformers, cfg.architectures[0])(cfg)
-    metric = "acc" if spec["task"] == "image" else "loss"
+    metric = "loss" if spec["task"] == "lm" else "acc"
     schedule = {"lr": args.lr, "weight_decay": 0.05, "warmup_fraction": 0.1, "min_lr_ratio": 0.01}
     module = HFModule(model, schedule, metric)
     trainer = L.Trainer(
@@ -169,8 +208,8 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="nas-hf-pretrain", description=__doc__.splitlines()[0])
-    ap.add_argument("--family", default="vit", help="vit | gpt2 | llama")
-    ap.add_argument("--task", default="fashion_mnist", help="fashion_mnist | digits | shakespeare")
+    ap.add_argument("--family", default="vit", help="vit | bert | gpt2 | llama")
+    ap.add_argument("--task", default="fashion_mnist", help=" | ".join(TASKS))
     ap.add_argument("--out", required=True, help="directory to save_pretrained into")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=128)
@@ -179,6 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--limit-train-batches", type=float, default=1.0, help="a fraction, or (> 1) a batch count")
     ap.add_argument("--limit-eval-batches", type=float, default=1.0, help="validation and test batches, as above")
     ap.add_argument("--patch-size", type=int, default=7)
+    ap.add_argument("--block-size", type=int, default=64, help="tokens per sequence (text tasks)")
+    ap.add_argument("--vocab-size", type=int, default=4096, help="WordPiece vocabulary (text classification)")
     ap.add_argument("--seed", type=int, default=0)
     for k, v in SIZES.items():
         ap.add_argument(f"--{k}", type=int, default=v)
