@@ -1,7 +1,7 @@
 """A shared optuna search of a SmolLM-135M-shaped Llama by two workers on PostgreSQL: the budget completes with no
 arch measured twice, at a depth (30 layers) whose arch keys did not fit the first claims table.
 
-    python bench/scale_search.py [--budget 12] [--work results/scale_search]
+    python bench/scale_search.py [--budget 16] [--work results/scale_search]
 
 Steps: the model (random weights from SmolLM-135M's config, `bench/scale.py`'s) is imported and fine-tuned for two
 steps with `nas-train model=hf space=hf task=random_tokens` (synthetic tokens: a cost run, not a quality one), then
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -53,7 +54,7 @@ def train(work: Path) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--budget", type=int, default=12)
+    ap.add_argument("--budget", type=int, default=16)
     ap.add_argument("--work", default=str(ROOT / "results" / "scale_search"))
     args = ap.parse_args()
     work = Path(args.work)
@@ -67,8 +68,10 @@ def main() -> None:
     with PostgresServer() as server:
         url = server.create_database("smollm")
         out = work / "search"
+        shutil.rmtree(out, ignore_errors=True)  # a new server each run: a new study
         cmd = [sys.executable, "-m", "search.cli", f"run={run}", f"out={out}", "search.backend=optuna",
-               f"search.optuna.storage={url}", f"search.budget={args.budget}", "search.objectives=[loss,latency]",
+               f"search.optuna.storage={url}", f"search.budget={args.budget}",
+               f"search.initial={max(7, args.budget // 2)}", "search.objectives=[loss,latency]",
                *MEASURE]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         t0 = time.perf_counter()
@@ -77,6 +80,10 @@ def main() -> None:
         logs = [w.communicate(timeout=3600)[0] for w in workers]
         search_s = time.perf_counter() - t0
         codes = [w.returncode for w in workers]
+        if codes != [0, 0]:
+            for i, log in enumerate(logs):
+                print(f"--- worker {i} (exit {codes[i]}) ---\n{log[-2000:]}")
+            raise SystemExit("a worker failed: see its output above")
         summaries = optuna.get_all_study_summaries(url)
         study = optuna.load_study(study_name=summaries[0].study_name, storage=url)
         done = [t for t in study.trials if "row" in t.user_attrs]
