@@ -21,6 +21,7 @@ from predictors.measure_cli import measure_run  # noqa: E402
 from search.cli import build_search  # noqa: E402
 from supernet.artifact import load_supernet  # noqa: E402
 from supernet.data import DigitsDataModule, ShakespeareGenreDataModule  # noqa: E402
+from supernet.data.tokenizer import load_tokenizer  # noqa: E402
 from supernet.extract import extract_subnet  # noqa: E402
 from supernet.hf.load import describe, load_pretrained  # noqa: E402
 from supernet.hf.prepare import check_data, prepare_pretrained  # noqa: E402
@@ -247,6 +248,7 @@ def test_a_pretrained_bert_on_labelled_text_goes_from_nas_train_to_export(bert, 
     assert record["hugging_face"]["written"] and record["hugging_face"]["passed"]
     back = load_pretrained(str(out / "hf"))
     assert type(back).__name__ == "BertForSequenceClassification" and back.config.pad_token_id == 0
+    assert len(load_tokenizer(out / "hf")) == len(load_tokenizer(bert))  # the directory is complete
     dm = ShakespeareGenreDataModule(tokenizer=str(bert), block_size=32, val_subset_size=16)
     x = next(iter(dm.val_subset_dataloader()))[0]
     assert (x == 0).any()  # padded passages

@@ -33,7 +33,7 @@ def load_tokenizer(directory: str | Path | None) -> Any:
     d = Path(directory).expanduser()
     if not d.is_dir():
         raise ValueError(f"no tokenizer directory at {directory}: pass the model's save_pretrained directory")
-    if not any((d / f).is_file() for f in TOKENIZER_FILES):
+    if not has_tokenizer(d):
         found = ", ".join(sorted(p.name for p in d.iterdir())) or "nothing"
         raise ValueError(
             f"no tokenizer in {directory} (found: {found}; a tokenizer is one of {', '.join(TOKENIZER_FILES[:4])}): "
@@ -53,6 +53,12 @@ def load_tokenizer(directory: str | Path | None) -> Any:
             f"the tokenizer in {directory} has no padding token: set one (tokenizer.pad_token = ...) and save it again"
         )
     return tok
+
+
+def has_tokenizer(directory: str | Path) -> bool:
+    """Whether `directory` holds a saved tokenizer."""
+    d = Path(directory).expanduser()
+    return d.is_dir() and any((d / f).is_file() for f in TOKENIZER_FILES)
 
 
 def train_wordpiece(texts: Iterable[str], out: str | Path, vocab_size: int = 4096, min_frequency: int = 2) -> Any:

@@ -150,9 +150,14 @@ def hf_model(sub: StaticSubnet, info: dict[str, Any], pad: bool = False) -> torc
 
 
 def save_hf(sub: StaticSubnet, info: dict[str, Any], out: str | Path, pad: bool = False) -> Path:
-    """Write `sub` with `save_pretrained` to `out` (a directory `from_pretrained` loads)."""
+    """Write `sub` with `save_pretrained` to `out` (a directory `from_pretrained` loads), with the pretrained model's
+    tokenizer beside it when its directory has one (text models: the directory is then complete)."""
+    from supernet.data.tokenizer import has_tokenizer, load_tokenizer
+
     out = Path(out)
     hf_model(sub, info, pad).save_pretrained(str(out))
+    if sub.config.task != "image" and has_tokenizer(info["source"]):
+        load_tokenizer(info["source"]).save_pretrained(str(out))
     return out
 
 
