@@ -209,7 +209,10 @@ def stage_exact(name: str, spec: dict[str, Any], work: Path) -> dict[str, Any]:
             "max_abs_logit": scale, "relative": diff / scale}  # fmt: skip
 
 
-def _train_step(name: str, spec: dict[str, Any], work: Path, elastic: bool) -> dict[str, Any]:
+def _train_step(
+    name: str, spec: dict[str, Any], work: Path, elastic: bool, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One Lightning training step (plain or elastic) in bf16-true; `overrides` change the `train` config."""
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -217,7 +220,7 @@ def _train_step(name: str, spec: dict[str, Any], work: Path, elastic: bool) -> d
     from supernet.training import SubnetModule, SupernetModule
 
     net, _ = _load_net(work, name)
-    train = {"lr": 1e-5, "warmup_fraction": 0.0, "reference_archs": 0, "grad_checkpointing": True}
+    train = {"lr": 1e-5, "warmup_fraction": 0.0, "reference_archs": 0, "grad_checkpointing": True, **(overrides or {})}
     if elastic:  # the sandwich (largest, smallest, 2 random), every arch distilled from the frozen pretrained model
         train.update(sampler="sandwich", num_random=2, teacher="pretrained")
         module = SupernetModule(net.space.to_dict(), net.config.to_dict(), train)

@@ -7,12 +7,15 @@ state and two calls with different archs never interfere (safe under DDP and in 
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from supernet import functional as fn
 from supernet.arch import Arch
+from supernet.chunked_loss import TokenOutputs
 from supernet.config import ModelConfig
 from supernet.elastic import ElasticBlock, ElasticHead, ElasticPatchEmbed, ElasticTokenEmbed
 from supernet.space import SearchSpace
@@ -56,6 +59,9 @@ class Supernet(nn.Module):
             for _ in range(space.max_depth)
         )
 
+    # One output per token (an LM's logits, tokens × vocabulary): losses may take them deferred, a chunk at a time.
+    per_token = False
+
     def check_input(self, x: torch.Tensor) -> None:
         raise NotImplementedError
 
@@ -95,18 +101,23 @@ class Supernet(nn.Module):
         self.check_input(x)
         return self._exits(x, arch, (arch.depth,))[arch.depth]
 
-    def forward_exits(self, x: torch.Tensor, arch: Arch, depths: tuple[int, ...]) -> dict[int, torch.Tensor]:
+    def forward_exits(
+        self, x: torch.Tensor, arch: Arch, depths: tuple[int, ...], deferred: bool = False
+    ) -> dict[int, torch.Tensor | TokenOutputs]:
         """Outputs of `arch` cut after each of `depths` blocks, from one pass: the exit at depth d is exactly the
-        output of `arch.truncate(d)`, the same arch keeping its first d layers."""
+        output of `arch.truncate(d)`, the same arch keeping its first d layers. With `deferred`, a model with
+        per-token outputs (`per_token`, the LM) returns `TokenOutputs` (hidden states and head) for a chunked loss."""
         self.space.validate(arch)
         self.check_input(x)
         if not depths or max(depths) > arch.depth or min(depths) < 1:
             raise ValueError(f"exit depths {depths} must lie in [1, {arch.depth}] for arch {arch.key()}")
         if self.config.layer_rank is not None and depths != (arch.depth,):
             raise ValueError("depth exits need elastic depth to drop the last layers (model.layer_rank: null)")
-        return self._exits(x, arch, depths)
+        return self._exits(x, arch, depths, deferred and self.per_token)
 
-    def _exits(self, x: torch.Tensor, arch: Arch, depths: tuple[int, ...]) -> dict[int, torch.Tensor]:
+    def _exits(
+        self, x: torch.Tensor, arch: Arch, depths: tuple[int, ...], deferred: bool = False
+    ) -> dict[int, torch.Tensor | TokenOutputs]:
         h = self.embed(x, arch)  # (B, T, E)
         mask = self.key_mask(x)  # (B, T) or None
         out = {}
@@ -119,7 +130,9 @@ class Supernet(nn.Module):
             else:
                 h = blk(h, *args)
             if i + 1 in depths:
-                out[i + 1] = self.output(h, self.head_weights(arch, i + 1), mask)
+                head = self.head_weights(arch, i + 1)
+                deferred_out = TokenOutputs(h, partial(self.output, head=head)) if deferred else None
+                out[i + 1] = deferred_out or self.output(h, head, mask)
         return out
 
 
@@ -144,6 +157,8 @@ class ViTSupernet(Supernet):
 class LMSupernet(Supernet):
     """Causal decoder LM: tokens -> elastic blocks (causal attention) -> LM head. Input (B, T) int ids."""
 
+    per_token = True
+
     def __init__(self, space: SearchSpace, config: ModelConfig) -> None:
         super().__init__(space, config)
         self.stem = ElasticTokenEmbed(config.vocab_size, config.block_size, space.embed_dim[-1], config)
@@ -162,6 +177,8 @@ class LMSupernet(Supernet):
 class TextClassifierSupernet(LMSupernet):
     """Bidirectional encoder classifying a token sequence (BERT): tokens -> blocks -> pooled -> classes. With
     `config.pad_id`, padded positions are masked out of attention and pooling (the mask comes from the ids)."""
+
+    per_token = False
 
     def key_mask(self, x: torch.Tensor) -> torch.Tensor | None:
         return fn.key_mask(x, self.config.pad_id)

@@ -8,12 +8,15 @@ quantization left at run time, comes from the same shared function.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from supernet import functional as fn
 from supernet.arch import Arch
+from supernet.chunked_loss import TokenOutputs
 from supernet.config import ModelConfig
 
 
@@ -107,6 +110,9 @@ class StaticSubnet(nn.Module):
         )
         self.grad_checkpointing = False  # a training setting (train.grad_checkpointing), as on the supernet
 
+    # One output per token (an LM's logits): `forward(x, deferred=True)` gives them as TokenOutputs, as the supernet.
+    per_token = False
+
     def trunk(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The blocks on (B, T, E) embeddings; `mask` (B, T), True at real tokens, or None."""
         recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
@@ -130,22 +136,28 @@ class StaticViT(StaticSubnet):
 
 
 class StaticLM(StaticSubnet):
-    """Standalone causal LM. Input (B, T) int64 ids -> logits (B, T, vocab_size)."""
+    """Standalone causal LM. Input (B, T) int64 ids -> logits (B, T, vocab_size), or with `deferred` the hidden
+    states and head (`TokenOutputs`) for a chunked loss."""
+
+    per_token = True
 
     def __init__(self, arch: Arch, config: ModelConfig) -> None:
         super().__init__(arch, config)
         self.stem = StaticTokenEmbed(config.vocab_size, config.block_size, arch.embed_dim, config)
         self.head = StaticHead(arch.embed_dim, config.num_outputs, config)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, deferred: bool = False) -> torch.Tensor | TokenOutputs:
         fn.check_tokens(tokens, self.config.vocab_size, self.config.block_size)
         h = self.trunk(fn.embed_tokens(tokens, self.stem.weights(), self.config))
-        return fn.lm_logits(h, self.head.weights(), self.config)
+        head = partial(fn.lm_logits, w=self.head.weights(), config=self.config)
+        return TokenOutputs(h, head) if deferred else head(h)
 
 
 class StaticTextClassifier(StaticLM):
     """Standalone sequence classifier (BERT). Input (B, T) int64 ids, padded with `config.pad_id` (masked out) ->
     logits (B, num_classes)."""
+
+    per_token = False
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         fn.check_tokens(tokens, self.config.vocab_size, self.config.block_size)

@@ -65,6 +65,10 @@ class TrainConfig:
     # Recompute each block's activations in the backward pass instead of keeping them (torch.utils.checkpoint):
     # the memory of a step's activations falls to one block's, for about a third more compute.
     grad_checkpointing: bool = False
+    # Per-token losses (an LM's) run this many tokens at a time with the head recomputed in backward
+    # (supernet/chunked_loss.py): a step never holds a whole tokens × vocabulary logits tensor, nor its float32
+    # log-softmax copies, per arch. null: the whole batch at once (the dense loss, kept for comparison).
+    loss_chunk_tokens: int | None = 2048
     reference_archs: int = 3  # validation also reports this many fixed archs spread over the space by MACs
     progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
     check_rank_sync: bool = False  # DDP: all-gather each step's archs and fail if ranks disagree
@@ -142,6 +146,10 @@ def resolve_train_config(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]
         (
             out["ema_decay"] is None or 0 < out["ema_decay"] < 1,
             f"train.ema_decay={out['ema_decay']} must be in (0, 1), or null for no averaging",
+        ),
+        (
+            out["loss_chunk_tokens"] is None or out["loss_chunk_tokens"] >= 1,
+            f"train.loss_chunk_tokens={out['loss_chunk_tokens']} must be >= 1, or null for the whole batch at once",
         ),
         (out["reference_archs"] >= 0, f"train.reference_archs={out['reference_archs']} must be >= 0"),
     ]

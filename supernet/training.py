@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 
 from supernet.arch import Arch
+from supernet.chunked_loss import TokenOutputs, chunked_mean
 from supernet.config import ModelConfig
 from supernet.costs import arch_costs, spread_by_macs
 from supernet.model import build_supernet
@@ -85,10 +86,22 @@ def alpha_divergence(student: torch.Tensor, teacher: torch.Tensor, temperature: 
 DIVERGENCES = {"kl": distill_loss, "alpha": alpha_divergence}
 
 
+Outputs = torch.Tensor | TokenOutputs
+
+
 def pick_loss(
-    logits: torch.Tensor, target: torch.Tensor, role: str, teacher: torch.Tensor | None, cfg: dict[str, Any]
+    logits: Outputs, target: torch.Tensor, role: str, teacher: Outputs | None, cfg: dict[str, Any]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, task loss) of one subnet: students distil from `teacher` plus a weighted task loss."""
+    """(loss, task loss) of one subnet: students distil from `teacher` plus a weighted task loss. Deferred per-token
+    outputs (`TokenOutputs`) are scored `cfg["loss_chunk_tokens"]` tokens at a time (supernet/chunked_loss.py)."""
+    if isinstance(logits, TokenOutputs) or isinstance(teacher, TokenOutputs):
+        chunk = cfg["loss_chunk_tokens"] or target.numel()
+
+        def dense(s: torch.Tensor, t: torch.Tensor | None, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return pick_loss(s, y, role, t, cfg)
+
+        loss, ce = chunked_mean(dense, target, chunk, logits, teacher)
+        return loss, ce
     ce = task_loss(logits, target)
     if role == "student" and teacher is not None:
         kd = DIVERGENCES[cfg["kd_divergence"]](logits, teacher, cfg["kd_temperature"])
@@ -132,15 +145,21 @@ class SupernetModule(L.LightningModule):
         teacher.eval().requires_grad_(False)
         self._pretrained = [teacher]
 
-    def pretrained_logits(self, x: torch.Tensor) -> torch.Tensor | None:
+    def deferred(self) -> bool:
+        """Whether training takes per-token outputs deferred, for a chunked loss (train.loss_chunk_tokens)."""
+        return self.cfg["loss_chunk_tokens"] is not None and self.net.per_token
+
+    def pretrained_logits(self, x: torch.Tensor) -> Outputs | None:
         if not self._pretrained:
             return None
         teacher = self._pretrained[0]
         param = next(self.net.parameters())
         # The teacher runs in the trained net's precision (bf16-true: one bf16 copy, half the memory of float32).
         teacher.to(device=param.device, dtype=param.dtype)
+        largest = teacher.space.largest()
         with torch.no_grad():
-            return teacher(x, teacher.space.largest())
+            out = teacher.forward_exits(x, largest, (largest.depth,), deferred=self.deferred())[largest.depth]
+        return out.detach()
 
     # ---- sampling ---------------------------------------------------------------------------------------------------
 
@@ -200,7 +219,7 @@ class SupernetModule(L.LightningModule):
             if pick.pool:
                 pick = self.choose(pick, x, y, teacher)
             depths = self.exit_depths(pick, space)
-            outs = self.net.forward_exits(x, pick.arch, depths)
+            outs = self.net.forward_exits(x, pick.arch, depths, deferred=self.deferred())
             logits = outs[pick.arch.depth]
             # With a pretrained teacher the largest arch distils from it too, like every student.
             role = "student" if pretrained is not None else pick.role
@@ -325,7 +344,9 @@ class SubnetModule(L.LightningModule):
         if self._teacher[0] is not None:
             with torch.no_grad():
                 teacher = self._teacher[0](x)
-        loss, _ = pick_loss(self.net(x), y, "student" if teacher is not None else "single", teacher, self.cfg)
+        deferred = self.cfg["loss_chunk_tokens"] is not None and self.net.per_token
+        out = self.net(x, deferred=True) if deferred else self.net(x)
+        loss, _ = pick_loss(out, y, "student" if teacher is not None else "single", teacher, self.cfg)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(y))
         return loss
 
