@@ -1,6 +1,7 @@
 """`nas-measure`: measure candidate subnets of a trained supernet into a resumable table.
 
     nas-measure run=results/demo n_archs=250 latency.threads=1
+    nas-measure run=results/demo merge=/from/another/machine/predictors   # add its rows, measure nothing
 
 Reads `<run>/supernet.safetensors` (space, model config, weights, and the data config it was trained with) and
 writes `<run>/predictors/measurements.csv`: one row per arch with the canonical key, genes, split (fit/holdout),
@@ -28,13 +29,14 @@ from predictors.measure import (
     accuracy_target,
     candidate_archs,
     check_device,
-    current_reference_keys,
     fixed_batches,
     kernel_table,
     latency_target,
     measure_arch,
     paired_reference,
 )
+from predictors.merge import merge_table
+from predictors.settings import SETTING_DEFAULTS, SETTINGS_NAME, TABLE_NAME, changed_settings
 from predictors.table import MeasurementTable, writer_lock
 from supernet.arch import Arch
 from supernet.artifact import load_supernet
@@ -45,12 +47,7 @@ from supernet.space import SearchSpace
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 COST_COLUMNS = ["params", "macs", "bitops", "bytes"]
 LATENCY_COLUMNS = ["latency_ms", "latency_iqr_ms", "latency_cv"]
-TABLE_NAME = "measurements.csv"
-SETTINGS_NAME = "measurements.json"
 KERNELS_NAME = "kernels.json"
-# Settings added since tables were first written, at the value every older table was measured with: a table without
-# the key compares as if it held this value (so it resumes), and one with it records it.
-SETTING_DEFAULTS: dict[str, Any] = {"accuracy_device": "cpu"}
 
 
 def quality_columns(task: str) -> list[str]:
@@ -115,13 +112,6 @@ def accuracy_kind(cfg: DictConfig) -> str:
     return "cuda" if device.startswith("cuda") else device
 
 
-def changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """The keys of `current` whose value differs in `saved` (a key older tables lack compares at its default; a
-    reference arch saved before keys held FFN widths compares by its current key)."""
-    saved = current_reference_keys({**SETTING_DEFAULTS, **saved})
-    return [k for k in current if saved.get(k) != current[k]]
-
-
 def settings(cfg: DictConfig, run: Path) -> dict[str, Any]:
     """Everything that changes what a measurement means: a resumed table must have been measured the same way."""
     artifact = run / "supernet.safetensors"
@@ -177,13 +167,29 @@ def prepare(cfg: DictConfig) -> tuple[Supernet, list, torch.Tensor, LatencyConfi
 
 
 def measure_run(cfg: DictConfig) -> Path:
-    """Measure `cfg.n_archs` candidates of the supernet in `cfg.run`; returns the table's path."""
+    """Measure `cfg.n_archs` candidates of the supernet in `cfg.run` (or with `merge=`, add the rows of a table
+    measured elsewhere); returns the table's path."""
     run = Path(cfg.run)
+    if cfg.get("merge"):
+        return merge_run(cfg)
     if not 0 <= cfg.holdout_fraction < 1:
         raise ValueError(f"holdout_fraction={cfg.holdout_fraction} must be in [0, 1)")
     net, batches, example, lat_cfg = prepare(cfg)
     with writer_lock(Path(cfg.out) / TABLE_NAME, "nas-measure"):
         return _measure(cfg, run, net, batches, example, lat_cfg)
+
+
+def merge_run(cfg: DictConfig) -> Path:
+    """`nas-measure run=... merge=<predictors directory from another machine>`: add its rows, measure nothing."""
+    artifact = Path(cfg.run) / "supernet.safetensors"
+    if not artifact.is_file():
+        raise ValueError(f"no supernet artifact at {artifact}: name the run whose table the rows join with run=")
+    out = Path(cfg.out)
+    added, present = merge_table(Path(cfg.merge), out, artifact)
+    total = len(MeasurementTable(out / TABLE_NAME, (out / TABLE_NAME).read_text().split("\n", 1)[0].split(",")))
+    print(f"nas-measure: merged {added} rows from {cfg.merge} ({present} already here, kept as they were); "
+          f"{total} in {out / TABLE_NAME}")  # fmt: skip
+    return out / TABLE_NAME
 
 
 def reference_settings(net: Supernet, kernels, example: torch.Tensor, lat_cfg: LatencyConfig) -> dict[str, Any]:

@@ -212,3 +212,46 @@ def test_accuracy_device_without_a_gpu_is_one_clear_error(trained, tmp_path) -> 
         "nas-measure: error: accuracy_device='cuda' requested but no CUDA device is available here; "
         "use accuracy_device=cpu"
     )
+
+
+def test_a_table_measured_elsewhere_merges_without_measuring(trained, tmp_path) -> None:
+    """`merge=`: the rows of a table measured of the same supernet with the same settings (another machine's, here
+    another out=) join this one as they were measured; rows already here are kept; anything else is refused."""
+    here, there = tmp_path / "here", tmp_path / "there"
+    measure_run(measure_cfg(trained, "n_archs=5", f"out={here}"))
+    measure_run(measure_cfg(trained, "n_archs=9", f"out={there}"))  # e.g. another machine measured more archs
+    columns = (here / TABLE_NAME).read_text().splitlines()[0].split(",")
+    mine, theirs = MeasurementTable(here / TABLE_NAME, columns), MeasurementTable(there / TABLE_NAME, columns)
+    before = (here / TABLE_NAME).read_text()
+    settings = json.loads((there / "measurements.json").read_text())
+    (there / "measurements.json").write_text(json.dumps({**settings, "holdout_fraction": 0.5}))
+    with pytest.raises(ValueError, match=r"holdout_fraction was 0.5 there but 0.3 for the rows in"):
+        measure_run(measure_cfg(trained, f"out={here}", f"merge={there}"))
+    (there / "measurements.json").write_text(json.dumps(settings))
+    path = measure_run(measure_cfg(trained, f"out={here}", f"merge={there}"))
+    merged = MeasurementTable(path, columns)
+    shared = set(mine.rows) & set(theirs.rows)
+    assert path.read_text().startswith(before)  # nothing already here changed
+    assert set(merged.rows) == set(mine.rows) | set(theirs.rows) and len(merged) > len(mine)
+    for key, row in merged.rows.items():  # copied as measured there (seconds included: nothing was re-measured)
+        assert row == (mine.rows[key] if key in mine.rows else theirs.rows[key])
+    assert len(shared) == len(mine) + len(theirs) - len(merged)
+    measure_run(measure_cfg(trained, f"out={here}", f"merge={there / TABLE_NAME}"))  # again: nothing to add
+    assert len(MeasurementTable(path, columns)) == len(merged)
+    # Into a new directory: the table and its settings are taken over.
+    fresh = measure_run(measure_cfg(trained, f"out={tmp_path / 'fresh'}", f"merge={there}"))
+    assert MeasurementTable(fresh, columns).rows == theirs.rows
+    # Refused: another supernet, other latency settings, a table without its settings, no table at all.
+    (there / "measurements.json").write_text(json.dumps({**settings, "supernet_sha256": "0" * 64}))
+    with pytest.raises(ValueError, match=r"was measured of another supernet \(sha256 000000000000…"):
+        measure_run(measure_cfg(trained, f"out={here}", f"merge={there}"))
+    latency = {**settings["latency"], "threads": 2}
+    (there / "measurements.json").write_text(json.dumps({**settings, "latency": latency}))
+    with pytest.raises(ValueError, match=r"latency was .*'threads': 2.* there but .*'threads': 1.* for the rows in"):
+        measure_run(measure_cfg(trained, f"out={here}", f"merge={there}"))
+    (there / "measurements.json").unlink()
+    with pytest.raises(ValueError, match=r"no measurements.json beside .*: its settings are unknown"):
+        measure_run(measure_cfg(trained, f"out={here}", f"merge={there}"))
+    with pytest.raises(ValueError, match=r"merge=.*nowhere: no measurements.csv there"):
+        measure_run(measure_cfg(trained, f"out={here}", f"merge={tmp_path / 'nowhere'}"))
+    assert len(MeasurementTable(path, columns)) == len(merged)  # the refusals changed nothing
