@@ -18,6 +18,22 @@ NORM_POSITIONS = ("pre", "post")
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
 POSITIONS = ("learned", "rope")
 POOLINGS = ("mean", "cls")
+# RoPE frequency scalings (Hugging Face's rope_type) whose frequencies do not depend on the sequence length.
+ROPE_SCALINGS = ("none", "linear", "llama3")
+
+
+@dataclass(frozen=True)
+class Rope:
+    """The rotary embedding's frequencies: base `theta`, and the scaling of long-context checkpoints: "linear" divides
+    every frequency by `factor`; "llama3" (Llama 3.1 and later) divides the low ones by `factor`, keeps the high ones
+    and ramps between, at wavelengths set by `original_positions` over the low and high frequency factors."""
+
+    theta: float = 10000.0
+    scaling: str = "none"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_positions: int = 8192
 
 
 @dataclass(frozen=True)
@@ -58,6 +74,12 @@ class ModelConfig:
     gated_ffn: bool = False  # act(gate(x)) * up(x), then down (SwiGLU: Llama)
     positions: str = "learned"  # "learned" table added to the embeddings, or "rope" on q and k (Llama)
     rope_theta: float = 10000.0
+    # RoPE scaling of long-context checkpoints (`Rope`): none, linear or llama3, with its factors
+    rope_scaling: str = "none"
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_positions: int = 8192
     kv_group: int = 1  # query heads per key/value head (grouped-query attention); heads are kept in whole groups
     linear_bias: bool = True  # biases on the blocks' linear layers
     # ---- stem and head ----
@@ -110,6 +132,15 @@ class ModelConfig:
             raise ValueError(f"model.kv_group={self.kv_group!r} must be a positive integer")
         if not self.rope_theta > 0:
             raise ValueError(f"model.rope_theta={self.rope_theta!r} must be > 0")
+        if self.rope_scaling not in ROPE_SCALINGS:
+            raise ValueError(f"model.rope_scaling={self.rope_scaling!r} is not one of {ROPE_SCALINGS}")
+        if not self.rope_factor > 0 or not self.rope_original_positions > 0:
+            raise ValueError("model.rope_factor and model.rope_original_positions must be > 0")
+        if self.rope_scaling == "llama3" and not self.rope_high_freq_factor > self.rope_low_freq_factor > 0:
+            raise ValueError(
+                f"model.rope_high_freq_factor={self.rope_high_freq_factor} must exceed "
+                f"model.rope_low_freq_factor={self.rope_low_freq_factor} > 0 for rope_scaling='llama3'"
+            )
         if self.pad_id is not None:
             if self.task != "text":
                 raise ValueError(
@@ -129,6 +160,14 @@ class ModelConfig:
             raise ValueError("model.positions must be 'learned' for task 'image'")
         if self.pooling == "cls" and self.task == "image" and not self.cls_token:
             raise ValueError("model.pooling='cls' on images needs model.cls_token=true")
+
+    @property
+    def rope(self) -> Rope | None:
+        """The rotary embedding of q and k, or None with learned positions."""
+        if self.positions != "rope":
+            return None
+        return Rope(self.rope_theta, self.rope_scaling, self.rope_factor, self.rope_low_freq_factor,
+                    self.rope_high_freq_factor, self.rope_original_positions)  # fmt: skip
 
     @property
     def num_patches(self) -> int:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from supernet import functional as fn
-from supernet.config import ModelConfig
+from supernet.config import ModelConfig, Rope
 from supernet.quant import quantize_weight
 from supernet.slicing import slice_columns, slice_gated, slice_linear, slice_qkv, slice_vector
 
@@ -103,11 +103,11 @@ class ElasticAttention(nn.Module):
         w_bits: int,
         a_bits: int,
         causal: bool,
-        rope_theta: float | None = None,
+        rope_spec: Rope | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         w = self.materialize(x.shape[-1], heads, w_bits)
-        return fn.attention(x, *w, heads, self.head_dim, a_bits, causal, self.kv_group, rope_theta, mask)
+        return fn.attention(x, *w, heads, self.head_dim, a_bits, causal, self.kv_group, rope_spec, mask)
 
 
 class ElasticFFN(nn.Module):

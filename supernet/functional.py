@@ -8,12 +8,13 @@ D head_dim, F FFN hidden width.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from supernet.config import ModelConfig
+from supernet.config import ModelConfig, Rope
 from supernet.quant import quantize_activations
 
 
@@ -70,18 +71,37 @@ def qlinear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, a_
     return F.linear(quantize_activations(x, a_bits), weight, bias)
 
 
-def rope_tables(T: int, D: int, theta: float, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_inv_freq(D: int, spec: Rope, device: torch.device | None = None) -> torch.Tensor:
+    """(D/2,) float32 inverse frequencies of the rotary embedding, computed as Hugging Face's RoPE initialisers do."""
+    inv_freq = 1.0 / (spec.theta ** (torch.arange(0, D, 2, dtype=torch.int64, device=device).float() / D))
+    if spec.scaling == "linear":
+        return inv_freq / spec.factor
+    if spec.scaling == "llama3":
+        low_wavelen = spec.original_positions / spec.low_freq_factor
+        high_wavelen = spec.original_positions / spec.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / spec.factor, inv_freq)  # low frequencies / factor
+        smooth = (spec.original_positions / wavelen - spec.low_freq_factor) / (
+            spec.high_freq_factor - spec.low_freq_factor
+        )
+        smoothed = (1 - smooth) * scaled / spec.factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+        return torch.where(medium, smoothed, scaled)
+    return inv_freq
+
+
+def rope_tables(T: int, D: int, spec: Rope, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(cos, sin), each (T, D) in float32, of the rotary embedding at positions 0..T-1 (as Llama computes them)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, D, 2, dtype=torch.int64, device=device).float() / D))
+    inv_freq = rope_inv_freq(D, spec, device)
     freqs = torch.arange(T, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]  # (T, D/2)
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos(), emb.sin()
 
 
-def rope(x: torch.Tensor, theta: float) -> torch.Tensor:
+def rope(x: torch.Tensor, spec: Rope) -> torch.Tensor:
     """Rotary position embedding of (B, h, T, D) queries or keys at positions 0..T-1 (Llama's rotate-half form)."""
     D = x.shape[-1]
-    cos, sin = (t.to(x.dtype) for t in rope_tables(x.shape[-2], D, theta, x.device))
+    cos, sin = (t.to(x.dtype) for t in rope_tables(x.shape[-2], D, spec, x.device))
     x1, x2 = x[..., : D // 2], x[..., D // 2 :]
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
@@ -109,11 +129,11 @@ def attention(
     a_bits: int,
     causal: bool,
     kv_group: int = 1,
-    rope_theta: float | None = None,
+    rope_spec: Rope | None = None,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Multi-head self-attention with a fused [q | k | v] projection; each key/value head serves `kv_group`
-    consecutive query heads (grouped-query attention), and `rope_theta` rotates q and k. `mask` (B, T), True at real
+    consecutive query heads (grouped-query attention), and `rope_spec` rotates q and k. `mask` (B, T), True at real
     tokens, keeps every query from reading padded keys. (B, T, E) -> (B, T, E)."""
     B, T, _ = x.shape
     g = heads // kv_group
@@ -121,8 +141,8 @@ def attention(
     q, k, v = qkv.split((heads * head_dim, g * head_dim, g * head_dim), dim=-1)
     q = q.view(B, T, heads, head_dim).transpose(1, 2)  # (B, h, T, D)
     k, v = (t.view(B, T, g, head_dim).transpose(1, 2) for t in (k, v))  # (B, g, T, D)
-    if rope_theta is not None:
-        q, k = rope(q, rope_theta), rope(k, rope_theta)
+    if rope_spec is not None:
+        q, k = rope(q, rope_spec), rope(k, rope_spec)
     if kv_group > 1:
         k, v = k.repeat_interleave(kv_group, dim=1), v.repeat_interleave(kv_group, dim=1)
     bias = None if mask is None else mask_bias(mask, q.dtype)  # (B, 1, 1, T)
@@ -231,12 +251,10 @@ def block(
     c, D = config, config.head_dim
     causal = c.causal if causal is None else causal
     heads = w.proj_w.shape[1] // D
-    rope_theta = c.rope_theta if c.positions == "rope" else None
+    rope_spec = c.rope
 
     def attn(h: torch.Tensor) -> torch.Tensor:
-        return attention(
-            h, w.qkv_w, w.qkv_b, w.proj_w, w.proj_b, heads, D, a_bits, causal, c.kv_group, rope_theta, mask
-        )
+        return attention(h, w.qkv_w, w.qkv_b, w.proj_w, w.proj_b, heads, D, a_bits, causal, c.kv_group, rope_spec, mask)
 
     def mlp(h: torch.Tensor) -> torch.Tensor:
         return ffn(h, w.fc1_w, w.fc1_b, w.fc2_w, w.fc2_b, a_bits, c.activation, c.gated_ffn)

@@ -43,6 +43,12 @@ TASK_CONFIGS = {
         linear_bias=False,
         head_bias=False,
         depth_heads=True,  # an LM head per depth: the recipe option, on the LM path
+        # Llama 3's RoPE scaling, with bands that fit 32 positions: wavelengths below 10 kept, 10-160 ramped, beyond
+        # divided by 8 (head_dim 32 at theta 10,000 spans 6 to 40,000)
+        rope_scaling="llama3",
+        rope_factor=8.0,
+        rope_high_freq_factor=16.0,
+        rope_original_positions=160,
     ),  # Llama (GQA: tests/test_hf.py)
 }
 

@@ -56,14 +56,27 @@ def random_config(family: str, seed: int):
         vocab_size=VOCAB, hidden_size=kv * group * int(rng.choice([2, 4])), num_hidden_layers=layers,
         num_attention_heads=kv * group, num_key_value_heads=kv, head_dim=d, intermediate_size=int(rng.choice([20, 36])),
         max_position_embeddings=POSITIONS, tie_word_embeddings=bool(rng.random() < 0.5),
-        rope_theta=float(rng.choice([10000.0, 500.0])), rms_norm_eps=1e-5,
+        rope_theta=float(rng.choice([10000.0, 500.0])), rms_norm_eps=1e-5, rope_scaling=rope_scaling(seed),
     )  # fmt: skip
+
+
+def rope_scaling(seed: int) -> dict | None:
+    """None (plain RoPE), linear or Llama 3's scaling; an original context of 160 positions with frequency factors 1
+    and 16 makes Llama 3's bands: wavelengths below 10 kept, 10-160 ramped, beyond divided (seed 5 has all three).
+    Chosen by the seed alone, so that each seed's other draws stay what they were."""
+    kind = ["default", "linear", "llama3"][seed % 3]
+    if kind == "default":
+        return None
+    if kind == "linear":
+        return {"rope_type": "linear", "factor": 4.0}
+    return {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 16.0,
+            "original_max_position_embeddings": 160}  # fmt: skip
 
 
 MODELS = {"vit": "ViTForImageClassification", "bert": "BertForSequenceClassification", "gpt2": "GPT2LMHeadModel",
           "llama": "LlamaForCausalLM"}  # fmt: skip
-# Llama seeds cover grouped-query ratios 1, 2 and 3 and odd head counts (see random_config)
-SEEDS = {"vit": (0, 1, 2, 3), "bert": (0, 1, 2, 3), "gpt2": (0, 1, 2, 3), "llama": (2, 3, 4, 6)}
+# Llama seeds cover grouped-query ratios 1, 2 and 3, odd head counts and every RoPE scaling (see random_config)
+SEEDS = {"vit": (0, 1, 2, 3), "bert": (0, 1, 2, 3), "gpt2": (0, 1, 2, 3), "llama": (2, 3, 4, 5, 6)}
 CASES = [(f, s) for f in MODELS for s in SEEDS[f]]
 
 
@@ -213,6 +226,16 @@ def test_unsupported_option_of_a_supported_family() -> None:
     model = transformers.GPT2LMHeadModel(cfg)
     with pytest.raises(ValueError, match="scale_attn_by_inverse_layer_idx=True is not supported; supported: "):
         supernet_from_pretrained(model)
+
+
+def test_a_rope_scaling_that_depends_on_the_length_is_refused() -> None:
+    """YaRN (and dynamic NTK, LongRoPE) change the frequencies with the sequence length or scale the attention: one
+    line naming it and the rope types that are supported."""
+    cfg = random_config("llama", 3)
+    cfg.rope_parameters = {**cfg.rope_parameters, "rope_type": "yarn", "factor": 4.0}
+    with pytest.raises(ValueError, match=r"rope_type='yarn' is not supported; supported: \['default', 'linear', "
+                                         r"'llama3'\]"):  # fmt: skip
+        supernet_from_pretrained(transformers.LlamaForCausalLM(cfg))
 
 
 def test_weights_that_do_not_match_their_config(tmp_path) -> None:

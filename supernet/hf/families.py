@@ -318,10 +318,16 @@ def _resize_gpt2(d: int, e: int, h: int, f: int, g: int) -> dict[str, int]:
 # ---- Llama ----------------------------------------------------------------------------------------------------------
 
 
+# Hugging Face rope_type -> ModelConfig.rope_scaling: the scalings whose frequencies do not depend on the sequence
+# length (dynamic NTK, YaRN and LongRoPE change them with the length or scale the attention: not supported).
+ROPE_TYPES = {"default": "none", "linear": "linear", "llama3": "llama3"}
+
+
 def _llama_config(c: Any) -> tuple[ModelConfig, Sizes]:
-    rope = getattr(c, "rope_parameters", None) or {}
-    if rope.get("rope_type", "default") != "default":
-        raise Unsupported(f"rope_type={rope.get('rope_type')!r} is not supported; supported: ['default']")
+    rope = getattr(c, "rope_parameters", None) or getattr(c, "rope_scaling", None) or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ROPE_TYPES:
+        raise Unsupported(f"rope_type={rope_type!r} is not supported; supported: {sorted(ROPE_TYPES)}")
     _require(c, "pretraining_tp", (1, None))
     if c.attention_bias != c.mlp_bias:
         raise Unsupported(
@@ -343,6 +349,11 @@ def _llama_config(c: Any) -> tuple[ModelConfig, Sizes]:
         gated_ffn=True,
         positions="rope",
         rope_theta=float(theta),
+        rope_scaling=ROPE_TYPES[rope_type],
+        rope_factor=float(rope.get("factor", 1.0)),
+        rope_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
+        rope_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
+        rope_original_positions=int(rope.get("original_max_position_embeddings", 8192)),
         kv_group=heads // kv,
         linear_bias=bool(c.attention_bias),
         head_bias=False,

@@ -80,7 +80,7 @@ def _rope_tables(config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
     """cos and sin at positions 0..block_size-1, from the shared forward's own function (bit-identical)."""
     from supernet.functional import rope_tables
 
-    return tuple(t.numpy() for t in rope_tables(config.tokens(), config.head_dim, config.rope_theta))
+    return tuple(t.numpy() for t in rope_tables(config.tokens(), config.head_dim, config.rope))
 
 
 def _rope(g: Graph, x: str, cos: str, sin: str, head_dim: int) -> str:
