@@ -2,8 +2,8 @@
 
 Models (built from the configs of real models, random weights, nothing downloaded): ViT-B/16 (86M), BERT-base
 (110M), GPT-2 (124M), a Llama of SmolLM-135M's shape (30 layers, GQA 9/3) and a Llama of Llama-3.2-1B's shape (16
-layers, width 2048, GQA 32/8, FFN 8192, vocabulary 128,256; default RoPE, since `rope_type=llama3` is not
-supported). Each (model, stage) runs in a process of its own, so its wall time and peak resident memory are its own:
+layers, width 2048, GQA 32/8, FFN 8192, vocabulary 128,256, Llama 3's RoPE scaling). Each (model, stage) runs in a
+process of its own, so its wall time and peak resident memory are its own:
 
   hf       build the `transformers` model from its config (seeded random weights) and `save_pretrained` it
   import   `load_pretrained` + `supernet_from_pretrained` (the elastic supernet, space=hf) + save the artifact
@@ -82,7 +82,9 @@ MODELS: dict[str, dict[str, Any]] = {
         "config": "LlamaConfig",
         "kwargs": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                        num_attention_heads=32, num_key_value_heads=8, head_dim=64, max_position_embeddings=131072,
-                       tie_word_embeddings=True, rope_theta=500000.0, rms_norm_eps=1e-5),
+                       tie_word_embeddings=True, rope_theta=500000.0, rms_norm_eps=1e-5,
+                       rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                     "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
         "seq": 2048,
         "batch": 1,
     },
