@@ -9,7 +9,7 @@ Two ratios per arch: `total` for the arch as sampled, and `slicing` for the same
 supernet fake-quantizes its low-bit weights on every call (training needs that: the weights change every step);
 the extracted module holds them already quantized.
 
-    python bench/extraction_overhead.py [--task image|lm] [--batch 64] [--repeats 30] [--archs 10]
+    python bench/extraction_overhead.py [--task image|lm] [--batch 64] [--repeats 30] [--archs 10] [--smoke]
 """
 
 from __future__ import annotations
@@ -56,7 +56,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--archs", type=int, default=10)
+    ap.add_argument("--smoke", action="store_true", help="seconds: 3 archs, batch 2, 1 repeat (checks that it runs)")
     args = ap.parse_args()
+    if args.smoke:
+        args.archs, args.batch, args.repeats = 3, 2, 1
 
     space = SearchSpace.from_yaml(ROOT / "conf" / "space" / "default.yaml")
     config = ModelConfig(task=args.task)

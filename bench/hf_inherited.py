@@ -2,6 +2,7 @@
 pretrained transformer), on the test split, selected on the validation subset.
 
     python bench/hf_inherited.py --run results/hf_demo --pretrained results/hf_pretrained
+    python bench/hf_inherited.py --run <run> --pretrained <dir> --smoke   # seconds: checks that it runs
 
 For the pretrained model and for the search's front archs at ≤ `--macs-fraction` of its MACs: test accuracy of the
 arch straight after import (the same reordering, no fine-tuning) and after elastic fine-tuning. The "best inherited
@@ -14,12 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+OUT = str(ROOT / "bench" / "results" / "hf_inherited")
 
 from predictors.measure import evaluate, fixed_batches  # noqa: E402
 from predictors.measure_cli import build_data  # noqa: E402
@@ -48,8 +51,11 @@ def main() -> None:
     ap.add_argument("--run", default="results/hf_demo")
     ap.add_argument("--pretrained", default="results/hf_pretrained")
     ap.add_argument("--macs-fraction", type=float, default=0.5)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "hf_inherited"))
+    ap.add_argument("--out", default=OUT)
+    ap.add_argument("--smoke", action="store_true", help="seconds: 2 front archs, results in a temporary folder")
     args = ap.parse_args()
+    if args.smoke and args.out == OUT:
+        args.out = str(Path(tempfile.mkdtemp(prefix="hf_inherited_smoke_")) / "hf_inherited")
     torch.set_num_threads(2)
 
     net, info = load_supernet(args.run)
@@ -91,7 +97,7 @@ def main() -> None:
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     out = {"machine": cpu_name(), "pretrained_test_acc": pretrained_acc, "full_macs": full_macs, "archs": []}
-    for val_acc, arch, macs in sorted(cands, key=lambda c: -c[0])[:8]:
+    for val_acc, arch, macs in sorted(cands, key=lambda c: -c[0])[: 2 if args.smoke else 8]:
         before = evaluate(extract_subnet(fresh, arch), test, "image")["accuracy"]
         after = evaluate(extract_subnet(net, arch), test, "image")["accuracy"]
         out["archs"].append(

@@ -8,6 +8,7 @@ far the two estimates differ. Targets (issue 10): re-measurement difference medi
 <= 0.5 s per arch.
 
     python bench/latency_measurement.py [--runtime onnxruntime|torch] [--estimator paired|min|median] [--run DIR]
+                                        [--smoke]
 """
 
 from __future__ import annotations
@@ -37,14 +38,17 @@ def cpu_line() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "torch"])
-    ap.add_argument("--estimator", default="paired", choices=["paired", "min", "median"])
+    # paired times against a reference runtime model: ONNX Runtime's default; the PyTorch module's is min
+    ap.add_argument("--estimator", default=None, choices=["paired", "min", "median"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--archs", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--min-repeat-ms", type=float, default=None)
     ap.add_argument("--run", default="results/demo", help="a trained run (weights do not change latency)")
+    ap.add_argument("--smoke", action="store_true", help="seconds: 3 archs, 3 short repeats (checks that it runs)")
     args = ap.parse_args()
+    args.estimator = args.estimator or ("paired" if args.runtime == "onnxruntime" else "min")
     if (Path(args.run) / "supernet.safetensors").is_file():
         net, _ = load_supernet(args.run)
     else:
@@ -57,6 +61,9 @@ def main() -> None:
         defaults["repeats"] = args.repeats
     if args.min_repeat_ms is not None:
         defaults["min_repeat_ms"] = args.min_repeat_ms
+    if args.smoke:
+        args.archs = 3
+        defaults.update(repeats=3, warmup=1, min_repeat_ms=0.2)
     cfg = LatencyConfig(**defaults)
     c = net.config
     x = (

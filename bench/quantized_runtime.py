@@ -11,7 +11,7 @@ and per arch, at every w_bits × a_bits, against float; and how exactly it repro
    against `supernet(x, arch)` on the run's validation subset, and its accuracy against the extracted module's
    (what the search measures). Targets: >= 99.9 % agreement, |Δ accuracy| <= 0.1 point.
 
-    python bench/quantized_runtime.py [--run results/demo] [--parts 123]
+    python bench/quantized_runtime.py [--run results/demo] [--parts 123] [--smoke]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from predictors.measure import LatencyConfig, evaluate, kernel_table, latency, runtime_latency
 from supernet import Arch, ModelConfig, SearchSpace, build_supernet, extract_subnet
@@ -35,6 +36,7 @@ from supernet.subnet_io import pack_subnet
 
 ROOT = Path(__file__).resolve().parents[1]
 BITS = [(w, a) for a in (8, 32) for w in (1, 2, 4, 8, 32)]
+SMOKE = False  # --smoke: the first model only, two bit settings, one round
 FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_tile", "asimddp", "i8mm")
 
 
@@ -49,11 +51,12 @@ def models() -> dict[str, tuple[SearchSpace, ModelConfig]]:
     default = SearchSpace.from_yaml(ROOT / "conf/space/default.yaml")
     wide = SearchSpace(name="wide", depth=(4,), embed_dim=(512,), num_heads=(16,), mlp_ratio=(4.0,),
                        w_bits=default.w_bits, a_bits=default.a_bits)  # fmt: skip
-    return {
+    out = {
         "image E=128, 16 tokens": (default, ModelConfig(task="image")),
         "LM E=128, 64 tokens": (default, ModelConfig(task="lm", vocab_size=256, block_size=64)),
         "wide image E=512, 16 tokens": (wide, ModelConfig(task="image")),
     }
+    return dict(list(out.items())[:1]) if SMOKE else out
 
 
 def example(config: ModelConfig) -> torch.Tensor:
@@ -92,7 +95,7 @@ def per_layer(cfg: LatencyConfig) -> None:
 
 def per_arch(cfg: LatencyConfig, rounds: int = 3) -> None:
     print(f"\n## 2. Whole archs (ms per batch-1 call, best of {rounds} interleaved rounds; > 1 is faster)\n")
-    torch_cfg = replace(cfg, runtime="torch")  # cfg's estimator is min
+    torch_cfg = replace(cfg, runtime="torch")  # min, as cfg (paired needs an ONNX Runtime reference)
     for name, (space, config) in models().items():
         torch.manual_seed(0)
         net = build_supernet(space, config).eval()
@@ -146,7 +149,7 @@ def agreement(run: Path, cfg: LatencyConfig) -> None:
     print("| arch | kernels | argmax agreement with supernet(x, arch) | accuracy: extracted module | runtime | Δ |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     rng = np.random.default_rng(0)
-    for w, a in BITS:
+    for w, a in [(w, a) for w, a in BITS if w in net.space.w_bits and a in net.space.a_bits]:  # the run's own
         for arch in (uniform(net.space, w, a), _random_with(net.space, rng, w, a)):
             model, plan = runtime_model(net, arch, table)
             session = make_session(model)
@@ -176,18 +179,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", default="results/demo")
     ap.add_argument("--parts", default="123", help="which parts to run, e.g. 2 or 13")
+    ap.add_argument("--smoke", action="store_true", help="seconds: one model, 3 bit settings, 1 round")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    cfg = LatencyConfig(
-        **{k: v for k, v in __import__("yaml").safe_load((ROOT / "conf/latency/cpu.yaml").read_text()).items()}
-    )
+    # nas-measure's settings with the min estimator: the rows compare kernels, graphs and the PyTorch module side by
+    # side, and the paired estimator's reference exists for ONNX Runtime models only.
+    cfg = LatencyConfig(**{**yaml.safe_load((ROOT / "conf/latency/cpu.yaml").read_text()), "estimator": "min"})
+    if args.smoke:
+        cfg = replace(cfg, warmup=1, repeats=3, min_repeat_ms=0.2)
+        global BITS, SMOKE
+        BITS, SMOKE = [(8, 32), (8, 8), (32, 32)], True
     t0 = time.perf_counter()
     print(f"# Quantized runtime benchmark\n\nCPU: {cpu()}\nonnxruntime {version()}, torch {torch.__version__}, "
           f"1 thread, batch 1; latency = {cfg.estimator} of {cfg.repeats} timeit-style repeats")  # fmt: skip
     if "1" in args.parts:
         per_layer(cfg)
     if "2" in args.parts:
-        per_arch(cfg)
+        per_arch(cfg, rounds=1 if args.smoke else 3)
     if "3" in args.parts and (Path(args.run) / "supernet.safetensors").is_file():
         agreement(Path(args.run), cfg)
     print(f"\n({time.perf_counter() - t0:.0f} s)")

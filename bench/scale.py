@@ -19,6 +19,7 @@ Usage:
   python bench/scale.py                                # every model, every stage, results to bench/results/
   python bench/scale.py --models gpt2 --stages import,exact
   python bench/scale.py --fit bench/results/scale.json  # just the growth exponents of a finished run
+  python bench/scale.py --smoke                         # seconds: a tiny Llama, every stage, a temporary folder
 
 Inputs are random (token ids, images): stage costs do not depend on the values, and no pretrained weights or real
 data of these sizes can be had offline. Peak memory is the process's maximum resident set (ru_maxrss), which
@@ -34,6 +35,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+DEFAULT_OUT = str(ROOT / "bench" / "results" / "scale.json")
 
 # name -> (family class, config kwargs, usual sequence length (tokens), examples in a training step)
 MODELS: dict[str, dict[str, Any]] = {
@@ -96,6 +99,16 @@ LARGE_STAGES = ("hf", "import", "exact", "plain", "elastic", "export")
 TRAIN_SEQ = 256  # tokens per example in a training step and the exactness check (LMs and BERT use min(seq, this))
 EVAL_EXAMPLES = 4  # examples actually scored per arch; the cost is reported per 100 examples
 THREADS = 2
+SMOKE = False  # --smoke: the tiny model below, every stage in this process, results in a temporary folder
+TINY = {
+    "cls": "LlamaForCausalLM",
+    "config": "LlamaConfig",
+    "kwargs": dict(vocab_size=64, hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=6,
+                   num_key_value_heads=2, max_position_embeddings=32, tie_word_embeddings=True, rope_theta=10000.0,
+                   rms_norm_eps=1e-5),
+    "seq": 16,
+    "batch": 2,
+}  # fmt: skip
 
 
 def _peak_gb() -> float:
@@ -404,6 +417,11 @@ def worker(name: str, stage: str, work: Path) -> None:
 
     import supernet.hf.load  # noqa: F401
 
+    print("RESULT " + json.dumps(stage_figures(name, stage, work)))
+
+
+def stage_figures(name: str, stage: str, work: Path) -> dict[str, Any]:
+    """One stage's figures with its wall time and the process's peak memory."""
     baseline = _peak_gb()
     t0 = time.perf_counter()
     result = globals()[f"stage_{stage}"](name, MODELS[name], work)
@@ -415,10 +433,12 @@ def worker(name: str, stage: str, work: Path) -> None:
         *result.get("phase_peak_gb", {}).values(),
     ]
     peak = max(_peak_gb(), *phases)
-    print("RESULT " + json.dumps({"wall_s": wall, "peak_gb": peak, "baseline_gb": baseline, **result}))
+    return {"wall_s": wall, "peak_gb": peak, "baseline_gb": baseline, **result}
 
 
 def run_stage(name: str, stage: str, work: Path, timeout: float) -> dict[str, Any]:
+    if SMOKE:  # in this process: the smoke checks that every stage runs, not what it costs
+        return stage_figures(name, stage, work)
     cmd = [sys.executable, __file__, "--worker", name, stage, "--work", str(work)]
     t0 = time.perf_counter()
     try:
@@ -533,11 +553,20 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--stages", default=",".join(STAGES))
     ap.add_argument("--work", default=str(ROOT / "results" / "scale"))
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale.json"))
+    ap.add_argument("--out", default=DEFAULT_OUT)
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--worker", nargs=2, metavar=("MODEL", "STAGE"))
     ap.add_argument("--fit", help="only fit growth exponents of this results file")
+    ap.add_argument("--smoke", action="store_true", help="seconds: every stage of a tiny Llama, in this process")
     args = ap.parse_args()
+    if args.smoke:
+        global SMOKE, THREADS
+        SMOKE, THREADS = True, 1
+        MODELS["tiny"] = TINY
+        args.models = "tiny"
+        tmp = tempfile.mkdtemp(prefix="scale_smoke_")
+        args.work = str(Path(tmp) / "work")
+        args.out = args.out if args.out != DEFAULT_OUT else str(Path(tmp) / "scale.json")
     work = Path(args.work)
     if args.worker:
         worker(*args.worker, work)
@@ -565,6 +594,8 @@ def main() -> None:
     results["_exponents"] = fit_exponents({k: v for k, v in results.items() if not k.startswith("_")})
     out.write_text(json.dumps(results, indent=1))
     out.with_suffix(".md").write_text(report(results))
+    if SMOKE:
+        shutil.rmtree(work.parent, ignore_errors=True)  # the smoke's temporary models
     for stage, f in results["_exponents"].items():
         print(f"exponent {stage:8s} time ∝ P^{f['time']:.2f}, memory above baseline ∝ P^{f['memory']:.2f} "
               f"({f['models']} models)")  # fmt: skip

@@ -7,7 +7,7 @@
 2. GPU (when CUDA is available): bf16 training throughput (tokens/s) of the largest arch run inside the supernet
    ÷ the same arch as a static model, for the image and the LM task. Target ≥ 0.90.
 
-    python bench/train_cost.py [--steps 6] [--repeats 7] [--batch 128] [--skip-cpu] [--gpu-batch 4096]
+    python bench/train_cost.py [--steps 6] [--repeats 7] [--batch 128] [--skip-cpu] [--gpu-batch 4096] [--smoke]
 """
 
 from __future__ import annotations
@@ -155,7 +155,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--skip-cpu", action="store_true")
     ap.add_argument("--gpu-batch", type=int, default=4096)
+    ap.add_argument("--smoke", action="store_true", help="seconds: 1 step, 1 repeat, batch 4 (checks that it runs)")
     args = ap.parse_args()
+    if args.smoke:
+        args.steps, args.repeats, args.batch, args.gpu_batch = 1, 1, 4, 64
     print(f"torch {torch.__version__}")
     if not args.skip_cpu:
         cpu_sandwich_vs_static(args.steps, args.repeats, args.batch)

@@ -15,7 +15,7 @@ checkpointing, Lightning), and prints the step's peak resident memory and throug
 Usage (after `python bench/scale.py --models smollm_135m --stages hf,import` has imported the model):
   python bench/train_memory.py                          # smollm_135m, batch 8 x 256 tokens, chunks of 2,048
   python bench/train_memory.py --model gpt2 --batch 4 --seq 512
-  python bench/train_memory.py --smoke                  # a tiny Llama in a temporary folder (tests)
+  python bench/train_memory.py --smoke                  # seconds: a tiny Llama, in this process (tests)
 """
 
 from __future__ import annotations
@@ -46,20 +46,26 @@ TINY = {
 RUNS = [("plain", None), ("plain", "chunked"), ("elastic", None), ("elastic", "chunked")]
 
 
+def step(name: str, spec: dict[str, Any], work: Path, stage: str, chunk: int | None, seq: int) -> dict[str, Any]:
+    """One training step's figures (scale.py's `plain` or `elastic` step, with `loss_chunk_tokens=chunk`)."""
+    scale.TRAIN_SEQ = seq
+    baseline = scale._peak_gb()
+    r = scale._train_step(name, spec, work, stage == "elastic", {"loss_chunk_tokens": chunk})
+    return {"baseline_gb": baseline, **r}
+
+
 def worker(name: str, spec: dict[str, Any], work: Path, stage: str, chunk: int | None, seq: int) -> None:
     import torch
 
     torch.set_num_threads(scale.THREADS)
-    scale.TRAIN_SEQ = seq
-    baseline = scale._peak_gb()
-    r = scale._train_step(name, spec, work, stage == "elastic", {"loss_chunk_tokens": chunk})
-    print("RESULT " + json.dumps({"baseline_gb": baseline, **r}))
+    print("RESULT " + json.dumps(step(name, spec, work, stage, chunk, seq)))
 
 
 def run(args: argparse.Namespace, spec: dict[str, Any], work: Path, stage: str, chunk: int | None) -> dict[str, Any]:
+    if args.smoke:  # in this process: the smoke checks that the steps run, not their memory
+        return step("tiny", spec, work, stage, chunk, args.seq)
     cmd = [sys.executable, __file__, "--worker", stage, json.dumps(chunk), "--model", args.model,
            "--batch", str(args.batch), "--seq", str(args.seq), "--work", str(work)]  # fmt: skip
-    cmd += ["--smoke"] if args.smoke else []
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     if p.returncode or not lines:
@@ -99,9 +105,11 @@ def main() -> None:
     ap.add_argument("--work", default=str(ROOT / "results" / "scale"), help="where scale.py imported the model")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "train_memory.json"))
     ap.add_argument("--timeout", type=float, default=1800)
-    ap.add_argument("--smoke", action="store_true", help="a tiny Llama, imported into a temporary folder")
+    ap.add_argument("--smoke", action="store_true", help="a tiny Llama in a temporary folder, steps in this process")
     ap.add_argument("--worker", nargs=2, metavar=("STAGE", "CHUNK"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.smoke:
+        args.batch, args.seq, args.chunk = 2, 32, 16
     spec = dict(TINY if args.smoke else scale.MODELS[args.model], batch=args.batch)
     name = "tiny" if args.smoke else args.model
     if args.smoke:

@@ -18,6 +18,7 @@ space by MACs (smallest, three quantiles, largest):
     python bench/train_quality.py --budget 3 --scratch-budget 1   # a longer-trained supernet vs archs trained alone
     python bench/train_quality.py --scratch-budget 0.25           # vs archs trained alone for a quarter of the steps
     python bench/train_quality.py --list                           # every variant and its overrides
+    python bench/train_quality.py --smoke                          # seconds: checks that it runs
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import contextlib
 import json
 import math
 import statistics
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -46,6 +48,7 @@ from supernet.space import SearchSpace
 from supernet.train_cli import CONF_DIR, model_config, train
 from supernet.training import SubnetModule, reference_archs, weight_averaging
 
+OUT = "results/bench_quality"
 # Recipes compared by the ablation (README, "Training quality"); overrides on top of `--experiment`, spelled out in
 # full so each variant keeps its meaning when the defaults change.
 PREVIOUS = ["model.bit_norms=false", "train.task_weight=0.5"]  # the recipe before this ablation set the defaults
@@ -221,10 +224,16 @@ def main() -> None:
         help="also score every inherited arch after nas-export's fine-tuning (distillation from the largest arch)",
     )
     ap.add_argument("--finetune-images", type=int, default=None, help="training images per fine-tuning epoch (all)")
-    ap.add_argument("--out", default="results/bench_quality")
+    ap.add_argument("--out", default=OUT)
     ap.add_argument("--extra", nargs="*", default=[], help="more Hydra overrides for every training run")
+    ap.add_argument("--smoke", action="store_true", help="seconds: experiment=smoke, 2 batches an epoch, the default "
+                    "variant, into a temporary --out (checks that it runs)")  # fmt: skip
     ap.add_argument("--list", action="store_true", help="print the variants and exit")
     args = ap.parse_args()
+    if args.smoke:
+        args.experiment, args.variants = "smoke", ["default"]
+        args.extra = [*args.extra, "trainer.limit_train_batches=2", "data.val_subset_size=64"]
+        args.out = args.out if args.out != OUT else tempfile.mkdtemp(prefix="train_quality_smoke_")
     if args.list:
         for name, overrides in VARIANTS.items():
             shown = " ".join(overrides) or "(the experiment as configured)"

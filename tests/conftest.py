@@ -172,3 +172,15 @@ def study_url(request, tmp_path) -> str:
         return f"sqlite:///{tmp_path / 'study.db'}"
     server = request.getfixturevalue("postgres")
     return server.create_database(f"study_{tmp_path.name.lower()}"[:60])
+
+
+# ---- the bench scripts' smoke modes ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def bench_run(tmp_path_factory) -> Path:
+    """A tiny trained and fully measured run for the bench scripts' smoke modes (tests/bench_smoke.py), built once
+    and shared by the xdist workers (their temporary folders' common parent)."""
+    from tests.bench_smoke import tiny_run
+
+    return tiny_run(tmp_path_factory.getbasetemp().parent)

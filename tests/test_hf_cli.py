@@ -5,6 +5,7 @@ exported back to a Hugging Face directory."""
 from __future__ import annotations
 
 import argparse
+import re
 
 import numpy as np
 import pytest
@@ -279,3 +280,21 @@ def test_text_data_that_does_not_fit_the_bert_is_one_line(bert, tmp_path, overri
 def test_text_task_without_a_pretrained_model_is_one_line(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"tokenised with the model's own tokenizer and none is set: pass model.pre"):
         train(make_cfg(*GENRE), tmp_path / "run")
+
+
+def test_bench_hf_inherited_smoke(pretrained, finetuned) -> None:
+    """bench/hf_inherited.py's smoke mode on the fine-tuned run, after a short search gives it a front to read."""
+    from search.cli import CONF_DIR as SEARCH_CONF
+    from search.cli import build_search
+    from tests.bench_smoke import run_script, unchanged_results
+
+    run, _, _ = finetuned
+    overrides = [f"run={run}", *MEASURE_OVERRIDES, "search.budget=9", "search.initial=7", "search.batch_size=2",
+                 "search.n_candidates=200", "search.pop_size=10", "search.predictor.candidates=[ridge]",
+                 "search.predictor.k_folds=2"]  # fmt: skip
+    with initialize_config_dir(config_dir=SEARCH_CONF, version_base=None):
+        build_search(compose(config_name="search", overrides=overrides)).run()
+    with unchanged_results():
+        out = run_script("hf_inherited.py", "--run", str(run), "--pretrained", str(pretrained), "--smoke")
+    assert re.search(r"pretrained ViTForImageClassification from .*: test accuracy [\d.]+ %", out), out
+    assert "largest arch after elastic fine-tuning: test" in out

@@ -5,7 +5,8 @@ pretrained teacher in the trained net's precision, and the scale ladder's stages
 from __future__ import annotations
 
 import copy
-import sys
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -153,23 +154,16 @@ def test_pretrained_teacher_runs_in_the_trained_precision():
 
 
 @pytest.mark.slow
-def test_scale_ladder_stages_on_a_tiny_llama(tmp_path, monkeypatch):
-    """Every stage of bench/scale.py, in this process, on a tiny Llama of the ladder's form (GQA, tied embeddings)."""
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    import scale
+def test_scale_ladder_stages_on_a_tiny_llama(tmp_path):
+    """`bench/scale.py --smoke`: every stage on a tiny Llama of the ladder's form (GQA, tied embeddings), in this
+    process, through the script's own main, report and exponent fit."""
+    from tests.bench_smoke import run_script, unchanged_results
 
-    tiny = {
-        "cls": "LlamaForCausalLM",
-        "config": "LlamaConfig",
-        "kwargs": dict(vocab_size=64, hidden_size=24, intermediate_size=48, num_hidden_layers=2,
-                       num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=32,
-                       tie_word_embeddings=True, rope_theta=10000.0, rms_norm_eps=1e-5),
-        "seq": 16,
-        "batch": 2,
-    }  # fmt: skip
-    monkeypatch.setitem(scale.MODELS, "tiny", tiny)
-    monkeypatch.setattr(scale, "THREADS", 1)
-    out = {stage: getattr(scale, f"stage_{stage}")("tiny", tiny, tmp_path) for stage in scale.STAGES}
+    with unchanged_results():
+        printed = run_script("scale.py", "--smoke", "--out", str(tmp_path / "scale.json"))
+    out = json.loads((tmp_path / "scale.json").read_text())["tiny"]["stages"]
+    assert all(re.search(rf"^tiny +{stage} ", printed, re.M) for stage in out), printed
+    assert set(out) == {"hf", "import", "exact", "plain", "elastic", "kernels", "latency", "eval", "export"}
     assert out["exact"]["relative"] <= 1e-4
     assert out["elastic"]["archs_trained"] == 4 and np.isfinite(out["elastic"]["loss"])
     assert out["plain"]["archs_trained"] == 1 and out["plain"]["step_peak_gb"] > 0
@@ -178,7 +172,7 @@ def test_scale_ladder_stages_on_a_tiny_llama(tmp_path, monkeypatch):
     assert set(out["eval"]["archs"]) == {"largest_w8", "smallest", "random"}
     assert max(out["export"]["reload_max_abs_diff"].values()) <= 1e-4 * max(1.0, out["export"]["max_abs_logit"])
     assert "model.onnx" in out["export"]["files_bytes"]
-    sys.modules.pop("scale", None)
+    assert (tmp_path / "scale.md").read_text().startswith("# Scale ladder")
 
 
 def test_runtime_graph_holds_no_table_of_the_longest_context_squared():
