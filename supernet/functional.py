@@ -186,8 +186,9 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm over the (active) last dim, computed in float32 as Llama does (written out: it exports to any opset)."""
-    xf = x.float()
+    """RMSNorm over the (active) last dim, computed in at least float32 as Llama does (float64 stays float64, so a
+    float64 check of the model is float64 throughout; written out: it exports to any opset)."""
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
     return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 

@@ -13,6 +13,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from supernet import Arch, ModelConfig, SearchSpace, arch_costs, build_supernet, extract_subnet
+from tests.conftest import TASK_CONFIGS, sample_input
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = SearchSpace.from_yaml(ROOT / "conf" / "space" / "default.yaml")
@@ -23,22 +24,24 @@ CONFIGS = {
 N_RANDOM = 50
 
 
-@pytest.fixture(scope="module", params=sorted(CONFIGS))
+@pytest.fixture(scope="module", params=sorted(TASK_CONFIGS))
 def net(request):
+    """Every registered task model (tests/conftest.py): the project's own and the imported families' block options
+    (gated FFN, grouped-query attention, CLS token, pooler, token types), so MACs and BitOPs, which the search
+    optimises, are checked for each."""
     torch.manual_seed(0)
-    return build_supernet(SPACE, CONFIGS[request.param]).eval()
+    return build_supernet(SPACE, TASK_CONFIGS[request.param]).eval()
 
 
-def _archs(seed: int) -> list[Arch]:
+def _archs(seed: int, n: int = N_RANDOM) -> list[Arch]:
     rng = np.random.default_rng(seed)
-    return [SPACE.largest(), SPACE.smallest()] + [SPACE.sample(rng) for _ in range(N_RANDOM)]
+    return [SPACE.largest(), SPACE.smallest()] + [SPACE.sample(rng) for _ in range(n)]
 
 
 def _input(cfg: ModelConfig, seq_len: int | None = None) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    if cfg.task == "image":
-        return torch.randn(1, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g)
-    return torch.randint(0, cfg.vocab_size, (1, seq_len or cfg.block_size), generator=g)
+    if cfg.task == "image" or seq_len is None:
+        return sample_input(cfg, batch=1)
+    return sample_input(cfg, batch=1, seq_len=seq_len)
 
 
 def _counted_macs(module: torch.nn.Module, x: torch.Tensor) -> int:

@@ -23,12 +23,18 @@ from tests.conftest import TASK_CONFIGS
 N_ROWS = 600
 IMAGE = TASK_CONFIGS["image"]
 LM = TASK_CONFIGS["lm"]
-# (space fixture, model config, seq_len): both spaces on the image task, and the LM at full and shorter length.
+# (space fixture, model config, seq_len): both spaces on the image task, the LM at full and shorter length, and every
+# other registered task model (the imported families' block options: gated FFN, key/value groups, CLS, pooler).
 CASES = {
     "default-image": ("default_space", IMAGE, None),
     "small-image": ("small_space", IMAGE, None),
     "default-lm": ("default_space", LM, None),
     "default-lm-seq16": ("default_space", LM, 16),
+    **{
+        f"default-{name}": ("default_space", cfg, None)
+        for name, cfg in TASK_CONFIGS.items()
+        if name not in ("image", "lm")
+    },
 }
 
 
