@@ -134,6 +134,22 @@ def digits_net_and_batches(space: SearchSpace, val_subset_size: int) -> tuple[Su
     return net, fixed_batches(dm.val_subset_dataloader())
 
 
+def kl_by_hand(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The distillation loss written out, independently of supernet/training.py: per row (sample or token)
+    Σ_c p_t(c) · (log p_t(c) − log p_s(c)) with p = softmax(logits / T), averaged over the rows, times T²."""
+    s = student.reshape(-1, student.shape[-1]).double() / temperature
+    t = teacher.reshape(-1, teacher.shape[-1]).double() / temperature
+    log_ps, log_pt = s - s.logsumexp(-1, keepdim=True), t - t.logsumexp(-1, keepdim=True)
+    return ((log_pt.exp() * (log_pt - log_ps)).sum(-1).mean() * temperature**2).float()
+
+
+def ce_by_hand(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy written out: −log softmax(logits)[target], averaged over the rows."""
+    z = logits.reshape(-1, logits.shape[-1]).double()
+    log_p = z - z.logsumexp(-1, keepdim=True)
+    return (-log_p.gather(1, target.reshape(-1, 1)).mean()).float()
+
+
 def sandwich_module(space: SearchSpace, train: dict, seed: int):
     """A SupernetModule on `space` with a seeded 2-random sandwich sampler and logging switched off, for loss tests."""
     from supernet.sampling import build_sampler

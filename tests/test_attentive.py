@@ -12,8 +12,7 @@ from supernet.config import ModelConfig
 from supernet.costs import arch_costs
 from supernet.sampling import SandwichSampler, build_sampler
 from supernet.train_config import resolve_train_config
-from supernet.training import distill_loss, task_loss
-from tests.conftest import sandwich_module
+from tests.conftest import ce_by_hand, kl_by_hand, sandwich_module
 
 CONFIG = ModelConfig(task="image")
 
@@ -56,7 +55,7 @@ def test_the_step_trains_the_candidate_with_the_lowest_or_highest_loss(default_s
 
         def student(arch) -> torch.Tensor:
             logits = module.net(x, arch)
-            return distill_loss(logits, teacher, 1.0) + task_loss(logits, y)
+            return kl_by_hand(logits, teacher, 1.0) + ce_by_hand(logits, y)
 
         chosen = []
         for p in picks[2:]:
@@ -65,7 +64,7 @@ def test_the_step_trains_the_candidate_with_the_lowest_or_highest_loss(default_s
             pick = min if mode == "best" else max
             chosen.append(p.pool[losses.index(pick(losses))])
         students = [picks[1].arch, *chosen]
-        want = task_loss(teacher, y) + sum(student(a) for a in students) / len(students)
+        want = ce_by_hand(teacher, y) + sum(student(a) for a in students) / len(students)
     torch.testing.assert_close(total, want)
     assert any(c != p.arch for c, p in zip(chosen, picks[2:], strict=True))  # not simply the plain sandwich's arch
 

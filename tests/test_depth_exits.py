@@ -10,8 +10,7 @@ import torch
 from supernet import ModelConfig, build_supernet, extract_subnet
 from supernet.arch import Arch
 from supernet.train_config import resolve_train_config
-from supernet.training import distill_loss, task_loss
-from tests.conftest import randomize, sample_input, sandwich_module
+from tests.conftest import ce_by_hand, kl_by_hand, randomize, sample_input, sandwich_module
 
 
 def test_truncate_keeps_the_first_layers() -> None:
@@ -51,9 +50,9 @@ def test_exit_losses_join_the_sandwich_loss(default_space, mode) -> None:
         scale = 1 / (len(picks) - 1)
 
         def student(logits):
-            return distill_loss(logits, teacher, 1.0) + 0.5 * task_loss(logits, y)
+            return kl_by_hand(logits, teacher, 1.0) + 0.5 * ce_by_hand(logits, y)
 
-        want = task_loss(teacher, y) + sum(scale * student(module.net(x, p.arch)) for p in picks[1:])
+        want = ce_by_hand(teacher, y) + sum(scale * student(module.net(x, p.arch)) for p in picks[1:])
         for p in picks if mode == "all" else picks[:1]:
             exits = [d for d in default_space.depth if d < p.arch.depth]
             for d in exits:

@@ -22,7 +22,7 @@ from supernet.artifact import load_supernet, read_metadata
 from supernet.sampling import build_sampler
 from supernet.train_cli import CONF_DIR, check_checkpoint, train
 from supernet.training import SupernetModule
-from tests.conftest import ROOT, sandwich_module
+from tests.conftest import ROOT, ce_by_hand, kl_by_hand, sandwich_module
 
 FAST = [
     "experiment=smoke",
@@ -342,11 +342,28 @@ def test_weight_averaging_hands_out_the_average_of_unchanged_training(tmp_path) 
     assert train(make_cfg(*FAST, "train.ema_decay=0.5", "trainer.max_epochs=2"), ema)["global_step"] == 6
 
 
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_sandwich_loss_combines_teacher_and_students(default_space, reduction) -> None:
-    """total = CE(largest) + scale × Σ_students [kd_weight·KL + task_weight·CE], scale = 1/n (mean) or 1 (sum)."""
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+@pytest.mark.parametrize("shape", [(6, 10), (3, 5, 17)])  # classes per sample; vocabulary per token
+def test_distillation_and_task_losses_equal_their_definitions(temperature, shape) -> None:
+    """distill_loss is KL(teacher ‖ student) at temperature T, times T², averaged over samples or tokens (not
+    summed, not over classes); task_loss is the mean cross-entropy; both are 0 / log C where they must be."""
     from supernet.training import distill_loss, task_loss
 
+    g = torch.Generator().manual_seed(len(shape) * 10 + int(temperature))
+    student, teacher = torch.randn(shape, generator=g) * 3, torch.randn(shape, generator=g) * 3
+    y = torch.randint(0, shape[-1], shape[:-1], generator=g)
+    torch.testing.assert_close(distill_loss(student, teacher, temperature), kl_by_hand(student, teacher, temperature))
+    torch.testing.assert_close(task_loss(student, y), ce_by_hand(student, y))
+    assert float(distill_loss(teacher, teacher, temperature)) == pytest.approx(0.0, abs=1e-6)
+    uniform = torch.zeros(shape)
+    assert float(task_loss(uniform, y)) == pytest.approx(np.log(shape[-1]), rel=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_sandwich_loss_combines_teacher_and_students(default_space, reduction) -> None:
+    """total = CE(largest) + scale × Σ_students [kd_weight·KL + task_weight·CE], scale = 1/n (mean) or 1 (sum),
+    against the losses written out by hand."""
+    distill_loss, task_loss = kl_by_hand, ce_by_hand
     module = sandwich_module(default_space, {"student_reduction": reduction, "task_weight": 0.5}, seed=3)
     x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
     with torch.no_grad():
@@ -359,3 +376,30 @@ def test_sandwich_loss_combines_teacher_and_students(default_space, reduction) -
         for s in students:
             want = want + scale * (distill_loss(s, teacher, 1.0) + 0.5 * task_loss(s, y))
     torch.testing.assert_close(total, want)
+
+
+def test_no_gradient_reaches_the_teacher_through_distillation(default_space) -> None:
+    """In-place distillation: the students learn from the largest arch's outputs as constants. The step's gradient
+    equals that of CE(largest) + the students' losses with the teacher's logits detached, written by hand; with the
+    teacher left attached the shared weights' gradients would differ (checked too, so the test can fail)."""
+    module = sandwich_module(default_space, {"task_weight": 0.5}, seed=6)
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    params = [p for p in module.net.parameters() if p.requires_grad]
+
+    def grads(loss: torch.Tensor) -> list[torch.Tensor]:
+        return torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
+
+    got = grads(module.training_step((x, y), 0))
+    picks = module.sampler.picks(0)
+
+    def by_hand(detach: bool) -> torch.Tensor:
+        teacher = module.net(x, picks[0].arch)
+        target = teacher.detach() if detach else teacher
+        students = [module.net(x, p.arch) for p in picks[1:]]
+        kd = sum(kl_by_hand(s, target, 1.0) + 0.5 * ce_by_hand(s, y) for s in students)
+        return ce_by_hand(teacher, y) + kd / len(students)
+
+    want, attached = grads(by_hand(True)), grads(by_hand(False))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert max(float((a - b).abs().max()) for a, b in zip(got, attached, strict=True)) > 1e-4
