@@ -379,7 +379,11 @@ def fitted(bench) -> Surrogate:
     quantities = [OBJECTIVES[n] for n in ("accuracy", "latency", "bytes", "params", "macs", "bitops")]
     surrogate = Surrogate(bench.space, bench.net.config, quantities, ["ridge", "gbrt"], k_folds=3)
     info = surrogate.fit(archs, rows)
-    assert set(info) == {"accuracy", "latency"} and all(-1 <= v["cv_kendall_tau"] <= 1 for v in info.values())
+    assert set(info) == {"accuracy", "latency"}
+    # Accuracy cross-validated on 12 archs (measured: τ 0.65); a predictor blind to the arch would sit near 0. The
+    # latency labels of these sub-0.1 ms archs, timed live with few repeats, are too noisy for a stable bound (τ
+    # from -0.03 to 0.64 in two runs): the loop test bounds the latency predictions' errors instead.
+    assert info["accuracy"]["cv_kendall_tau"] >= 0.3, info
     return surrogate
 
 
@@ -511,6 +515,7 @@ def test_loop_outputs(finished) -> None:
     keys = [r["key"] for r in rows]
     assert len(set(keys)) == 20 and sorted(finished["first"].keys + finished["second"].keys) == sorted(keys)
     assert [int(r["iteration"]) for r in rows] == [0] * 10 + [1] * 5 + [2] * 5
+    acc_err, lat_err = [], []
     for r in rows:
         measured = finished["second"].cache[r["key"]]
         assert float(r["accuracy"]) == pytest.approx(measured["accuracy"])
@@ -518,8 +523,13 @@ def test_loop_outputs(finished) -> None:
         if r["iteration"] == "0":
             assert r["pred_accuracy"] == r["pred_latency_ms"] == r["std_accuracy"] == r["std_latency_ms"] == ""
         else:
-            assert float(r["pred_accuracy"]) >= -50 and float(r["pred_latency_ms"]) > -1
+            acc_err.append(abs(float(r["pred_accuracy"]) - float(r["accuracy"])))
+            lat_err.append(abs(float(r["pred_latency_ms"]) / float(r["latency_ms"]) - 1))
             assert r["std_accuracy"] == r["std_latency_ms"] == ""  # ridge/gbrt: no uncertainty
+    # The predictions recorded beside each chosen arch are the fitted predictors' (measured here: accuracy within
+    # 0.7-1.1 points on average), not placeholders or another arch's. Latency, timed live on sub-0.1 ms archs, is
+    # only bounded loosely (median error 10-42 % over runs): within a factor of two.
+    assert len(acc_err) == 10 and np.mean(acc_err) <= 3.0 and np.median(lat_err) <= 1.0, (acc_err, lat_err)
     # pareto.csv: exactly the non-dominated measured rows, with every column.
     F = minimised(rows, ["accuracy", "latency"])
     expected = {keys[i] for i in dominated_brute_force(F)}
