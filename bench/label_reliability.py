@@ -15,6 +15,7 @@ halvings) for:
 Per-image scores are cached next to the run (`<run>/label_scores.npz`), so a rerun only refits the predictors.
 
     python bench/label_reliability.py --run results/demo [--n-archs 200] [--out bench/results/label_reliability.json]
+    python bench/label_reliability.py --run <run> --smoke   # 12 archs, 64 images, ridge and GP only (tests)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from predictors.reliability import split_half_tau
 from supernet.artifact import load_supernet
 
 SCORES = ("accuracy", "p_true", "logp_true")
+SMOKE = {"n_archs": 12, "val_images": 64, "candidates": ["ridge", "gp"]}  # --smoke: a tiny run's (tests)
 
 
 @torch.inference_mode()
@@ -68,11 +70,13 @@ def cached_scores(net, archs, val, test, path: Path) -> tuple[list[dict], list[d
     return v, t, seconds
 
 
-def predictor_taus(net, archs, labels: np.ndarray, test_acc: np.ndarray, seed: int = 0) -> dict[str, dict]:
+def predictor_taus(
+    net, archs, labels: np.ndarray, test_acc: np.ndarray, seed: int = 0, candidates=tuple(CANDIDATES)
+) -> dict[str, dict]:
     """Each predictor candidate's out-of-fold τ against its own label and against test accuracy (5-fold CV)."""
     X = FeatureEncoder(net.space, net.config).transform(archs)
     out = {}
-    for name in CANDIDATES:
+    for name in candidates:
         oof = out_of_fold(name, X, labels, k_folds=5, seed=seed)
         out[name] = {"own_label": float(kendalltau(oof, labels).statistic),
                      "test_accuracy": float(kendalltau(oof, test_acc).statistic)}  # fmt: skip
@@ -85,7 +89,11 @@ def main() -> None:
     ap.add_argument("--n-archs", type=int, default=200)
     ap.add_argument("--val-images", type=int, default=5000)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--smoke", action="store_true", help="12 archs, 64 images, 2 predictor candidates: tests")
     args = ap.parse_args()
+    candidates = list(CANDIDATES)
+    if args.smoke:
+        args.n_archs, args.val_images, candidates = SMOKE["n_archs"], SMOKE["val_images"], SMOKE["candidates"]
     net, info = load_supernet(Path(args.run))
     dm = build_data(info, {"val_subset_size": args.val_images})
     dm.setup()
@@ -110,13 +118,13 @@ def main() -> None:
               f"{vs_test:23.3f}")  # fmt: skip
     print(f"(val halves: {args.val_images // 2} images each; test halves: {len(dm.test) // 2} each)")
     print("\npredictors fitted on each validation label, out-of-fold Kendall τ (5-fold CV over the archs):")
-    print(f"{'label':10s} " + " ".join(f"{n + ' own/test':>16s}" for n in CANDIDATES) + f" {'selected':>14s}")
+    print(f"{'label':10s} " + " ".join(f"{n + ' own/test':>16s}" for n in candidates) + f" {'selected':>14s}")
     for k in SCORES:
-        taus = predictor_taus(net, archs, np.stack([s[k] for s in v]).mean(1), test_acc)
+        taus = predictor_taus(net, archs, np.stack([s[k] for s in v]).mean(1), test_acc, candidates=candidates)
         best = max(taus, key=lambda n: taus[n]["own_label"])  # what nas-fit would select on this label
         result["scores"][k]["predictors"] = taus
         result["scores"][k]["selected"] = best
-        cells = " ".join(f"{taus[n]['own_label']:7.3f}/{taus[n]['test_accuracy']:.3f}".rjust(16) for n in CANDIDATES)
+        cells = " ".join(f"{taus[n]['own_label']:7.3f}/{taus[n]['test_accuracy']:.3f}".rjust(16) for n in candidates)
         print(f"{k:10s} {cells} {best:>5s} {taus[best]['test_accuracy']:.3f}".rstrip())
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))

@@ -17,6 +17,7 @@ difference between two methods is called significant when their means differ by 
 of that difference over the seeds (a Welch-style two-sigma rule; with 5 seeds, a rough screen, not a test).
 
     python bench/search_groundtruth.py --table results/gt_small/predictors/measurements.csv --seeds 0 1 2 3 4
+    python bench/search_groundtruth.py --table <run>/predictors/measurements.csv --smoke   # 2 seeds, budget 14 (tests)
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pymoo.core.problem import Problem
 
 from predictors.measure import candidate_archs
 from search.algorithms import build_algorithm
-from search.config import SearchConfig
+from search.config import PredictorConfig, SearchConfig
 from search.evaluators import TableEvaluator
 from search.front import HVReference, pareto_indices
 from search.loop import RefinementSearch
@@ -41,6 +42,10 @@ from search.objectives import resolve_objectives
 from supernet.artifact import read_metadata
 
 CHECKPOINTS = (50, 100, 200)
+# --smoke: a fully measured space of 20-odd archs (tests/bench_smoke.py), 2 seeds, a budget of 14, the initial batch
+# the fewest the refinement loop accepts (7), one predictor candidate (ridge)
+SMOKE = {"checkpoints": (8, 11, 14), "seeds": [0, 1], "initial": 7, "batch_size": 7, "n_candidates": 100,
+         "pop_size": 10, "predictors": ["ridge"]}  # fmt: skip
 
 
 class Oracle:
@@ -62,14 +67,14 @@ class Oracle:
         return self.seen[key]
 
 
-def hv_curve(F: list[np.ndarray], ref: HVReference, true_hv: float) -> dict[int, float]:
+def hv_curve(F: list[np.ndarray], ref: HVReference, true_hv: float, checkpoints=CHECKPOINTS) -> dict[int, float]:
     F = np.asarray(F)
-    return {n: ref.hypervolume(F[pareto_indices(F[:n])]) / true_hv for n in CHECKPOINTS if n <= len(F)}
+    return {n: ref.hypervolume(F[pareto_indices(F[:n])]) / true_hv for n in checkpoints if n <= len(F)}
 
 
-def recall_curve(keys: list[str], true_keys: set[str]) -> dict[int, float]:
+def recall_curve(keys: list[str], true_keys: set[str], checkpoints=CHECKPOINTS) -> dict[int, float]:
     """Fraction of the true front's archs among the first n evaluated."""
-    return {n: len(true_keys & set(keys[:n])) / len(true_keys) for n in CHECKPOINTS if n <= len(keys)}
+    return {n: len(true_keys & set(keys[:n])) / len(true_keys) for n in checkpoints if n <= len(keys)}
 
 
 def initial_batch(space, seed: int, initial: int) -> list:
@@ -119,7 +124,14 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=10)
     ap.add_argument("--n-candidates", type=int, default=5000)
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--smoke", action="store_true", help="a tiny study (2 seeds, budget 14) of a tiny run: tests")
     args = ap.parse_args()
+    checkpoints, refine_kw = CHECKPOINTS, {}
+    if args.smoke:
+        checkpoints = SMOKE["checkpoints"]
+        refine_kw = {"pop_size": SMOKE["pop_size"], "predictor": PredictorConfig(candidates=SMOKE["predictors"])}
+        for k in ("seeds", "initial", "batch_size", "n_candidates"):
+            setattr(args, k, SMOKE[k])
     run = Path(args.run) if args.run else Path(args.table).parents[1]
     meta = read_metadata(run)
     space = meta["space"]
@@ -134,7 +146,9 @@ def main() -> None:
     all_keys = list(table.table.rows)
     true_keys = {all_keys[i] for i in true_front}
     print(f"space '{space.name}': {len(F_all)} archs, true front {len(true_front)} archs, objectives {args.objectives}")
-    budget = max(CHECKPOINTS)
+    budget = max(checkpoints)
+    if budget > len(F_all):
+        raise SystemExit(f"a budget of {budget} evaluations exceeds the space's {len(F_all)} archs")
     results: dict[str, list[dict[int, float]]] = {"refine": [], "nsga2": [], "random": []}
     recalls: dict[str, list[dict[int, float]]] = {m: [] for m in results}
     seconds: dict[str, float] = dict.fromkeys(results, 0.0)
@@ -143,14 +157,15 @@ def main() -> None:
             t0 = time.perf_counter()
             if method == "refine":
                 F, keys = run_refine(table, meta, args.objectives, seed, budget, initial=args.initial,
-                                     batch_size=args.batch_size, n_candidates=args.n_candidates)  # fmt: skip
+                                     batch_size=args.batch_size, n_candidates=args.n_candidates,
+                                     **refine_kw)  # fmt: skip
             else:
                 oracle = Oracle(table, objectives, space)
                 (run_random if method == "random" else run_nsga2)(oracle, seed, budget, args.initial)
                 F, keys = oracle.order[:budget], oracle.keys[:budget]
             seconds[method] += time.perf_counter() - t0
-            results[method].append(hv_curve(F, ref, true_hv))
-            recalls[method].append(recall_curve(keys, true_keys))
+            results[method].append(hv_curve(F, ref, true_hv, checkpoints))
+            recalls[method].append(recall_curve(keys, true_keys, checkpoints))
             print(
                 f"seed {seed} {method:7s} "
                 + "  ".join(
@@ -159,23 +174,23 @@ def main() -> None:
                 flush=True,
             )
     print(f"\nHV(found) / HV(true), mean ± sd (min) over seeds {args.seeds}; then true-front recall (mean):")
-    print(f"{'method':8s}" + "".join(f"{'@' + str(n):>26s}" for n in CHECKPOINTS)
-          + "".join(f"{'recall@' + str(n):>11s}" for n in CHECKPOINTS) + f"{'s/seed':>9s}")  # fmt: skip
+    print(f"{'method':8s}" + "".join(f"{'@' + str(n):>26s}" for n in checkpoints)
+          + "".join(f"{'recall@' + str(n):>11s}" for n in checkpoints) + f"{'s/seed':>9s}")  # fmt: skip
     summary = {}
     for method, curves in results.items():
         cells, summary[method] = [], {}
-        for n in CHECKPOINTS:
+        for n in checkpoints:
             v = np.asarray([c[n] for c in curves if n in c])
             r = np.asarray([c[n] for c in recalls[method] if n in c])
             summary[method][n] = {"mean": float(v.mean()), "sd": float(v.std()), "min": float(v.min()),
                                   "recall": float(r.mean())}  # fmt: skip
             cells.append(f"{v.mean():.4f} ± {v.std():.4f} ({v.min():.4f})")
-        rec = "".join(f"{summary[method][n]['recall']:>11.2f}" for n in CHECKPOINTS)
+        rec = "".join(f"{summary[method][n]['recall']:>11.2f}" for n in checkpoints)
         print(f"{method:8s}" + "".join(f"{c:>26s}" for c in cells) + rec + f"{seconds[method] / len(args.seeds):9.1f}")
     print("\nDifferences of the refinement loop from the others (mean difference ± its standard error over seeds):")
     for other in ("nsga2", "random"):
         parts = []
-        for n in CHECKPOINTS:
+        for n in checkpoints:
             a = np.asarray([c[n] for c in results["refine"] if n in c])
             b = np.asarray([c[n] for c in results[other] if n in c])
             diff, se = a.mean() - b.mean(), np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))

@@ -5,6 +5,7 @@ measurements, then runs every algorithm for `--n-candidates` surrogate evaluatio
 (accuracy, latency[, bytes]). Prints the seconds and candidates per second of each, measured side by side.
 
     python bench/search_speed.py --run results/demo
+    python bench/search_speed.py --run <run> --smoke   # 40 candidates, 1 repeat, ridge predictors only (tests)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from predictors.table import MeasurementTable
 from search.algorithms import ALGORITHMS, run_algorithm
+from search.config import PredictorConfig
 from search.objectives import resolve_objectives
 from search.problem import SurrogateProblem
 from search.surrogate import Surrogate
@@ -30,7 +32,11 @@ def main() -> None:
     ap.add_argument("--pop-size", type=int, default=100)
     ap.add_argument("--fit-rows", type=int, default=150)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--smoke", action="store_true", help="a few candidates, one repeat, ridge predictors: tests")
     args = ap.parse_args()
+    candidates = PredictorConfig().candidates  # nas-search's (search.predictor.candidates)
+    if args.smoke:
+        args.n_candidates, args.pop_size, args.repeats, candidates = 40, 20, 1, ["ridge"]
     meta = read_metadata(args.run)
     space, config = meta["space"], meta["model"]
     path = Path(args.run) / "predictors" / "measurements.csv"
@@ -40,7 +46,7 @@ def main() -> None:
     print(f"space '{space.name}' ({space.size():.3g} archs), predictors fitted on {len(rows)} measured archs")
     for names in (["accuracy", "latency"], ["accuracy", "latency", "bytes"]):
         objectives = resolve_objectives(names, config.task)
-        surrogate = Surrogate(space, config, objectives)
+        surrogate = Surrogate(space, config, objectives, candidates, k_folds=PredictorConfig().k_folds)
         t0 = time.perf_counter()
         info = surrogate.fit(archs, rows)
         fit = time.perf_counter() - t0

@@ -1,6 +1,7 @@
 """Search workers sharing one machine: are their latency labels as good as one worker's, and what do two buy?
 
     python bench/search_workers.py --run results/demo --archs 24
+    python bench/search_workers.py --run <run> --smoke [--out DIR/name]   # 7 archs, 1 worker (tests)
 
 A throwaway PostgreSQL server (tests/pgserver.py) holds one optuna study per configuration, each with the same
 `--archs` archs enqueued (largest, smallest, then a Latin-hypercube sample), measured by real
@@ -20,7 +21,7 @@ Unless said otherwise each worker gets cores / workers torch threads. Prints eva
 start to last trial end, from the study; speed-up against the mean of the 1-worker runs) and how each
 configuration's latency labels differ from the 1-worker runs': median and 90th percentile of |relative
 difference|, and Kendall's τ. (a) against (b) is the re-measurement noise. Writes
-bench/results/search_workers.{json,txt}.
+bench/results/search_workers.{json,txt} (with --smoke: only where --out says, if it does).
 """
 
 from __future__ import annotations
@@ -58,12 +59,17 @@ CONFIGS = [
     ("2 workers, unlocked, all threads", 2, False, 0),
     ("2 workers, locked, default", 2, True, "auto"),
 ]
+# --smoke: the fewest processes (one configuration of one worker) on the fewest archs a search accepts
+# (search.initial >= 7), each measured on 64 images and timed 3 times
+SMOKE_CONFIGS = CONFIGS[:1]
+SMOKE_ARCHS = 7
+SMOKE_MEASURE = ("data_overrides.val_subset_size=64", "latency.warmup=1", "latency.repeats=3")
 
 
-def worker_args(run: str, out: Path, url: str, study: str, budget: int) -> list[str]:
+def worker_args(run: str, out: Path, url: str, study: str, budget: int, measure: list[str]) -> list[str]:
     return [f"run={run}", f"out={out}", "init_from=null", "search.backend=optuna", f"search.optuna.storage={url}",
             f"search.optuna.study_name={study}", f"search.budget={budget}", "search.initial=7",
-            "search.optuna.sampler=random"]  # fmt: skip
+            "search.optuna.sampler=random", *measure]  # fmt: skip
 
 
 def prepare_study(args: list[str], n: int) -> list[str]:
@@ -81,11 +87,19 @@ def prepare_study(args: list[str], n: int) -> list[str]:
 
 
 def run_config(
-    run: str, url: str, name: str, workers: int, locked: bool, threads: int | str | None, n: int, tmp: Path
+    run: str,
+    url: str,
+    name: str,
+    workers: int,
+    locked: bool,
+    threads: int | str | None,
+    n: int,
+    tmp: Path,
+    measure: tuple[str, ...] = (),
 ) -> dict:
     study_name = name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
     out = tmp / study_name
-    args = worker_args(run, out, url, study_name, n)
+    args = worker_args(run, out, url, study_name, n, list(measure))
     keys = prepare_study(args, n)
     cores = os.cpu_count() or 1
     auto = threads == "auto"
@@ -116,7 +130,7 @@ def run_config(
             "rows": {k: rows[k] for k in keys}}  # fmt: skip
 
 
-def split_of_a_measurement(run: str, n: int = 6) -> dict:
+def split_of_a_measurement(run: str, n: int = 6, measure: tuple[str, ...] = ()) -> dict:
     """Seconds spent scoring accuracy vs timing latency per arch, in this process, for `n` of the archs: how much of
     a measurement the device lock serialises."""
     from predictors.measure import evaluate, measure_arch
@@ -124,7 +138,7 @@ def split_of_a_measurement(run: str, n: int = 6) -> dict:
     from supernet.extract import extract_subnet
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        cfg = compose(config_name="search", overrides=[f"run={run}"])
+        cfg = compose(config_name="search", overrides=[f"run={run}", *measure])
     net, batches, example, lat = prepare(cfg)
     kernels = kernel_table(lat, net.config, example, kernels_path(cfg))
     acc = total = 0.0
@@ -152,18 +166,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="results/demo")
     ap.add_argument("--archs", type=int, default=24)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "search_workers"))
+    ap.add_argument("--out", default=None, help="results path without suffix (default: bench/results/search_workers; "
+                    "with --smoke, none)")  # fmt: skip
+    ap.add_argument("--smoke", action="store_true", help="7 archs measured by one worker: tests")
     args = ap.parse_args()
+    configs, measure, split_archs = CONFIGS, (), 6
+    if args.smoke:
+        configs, measure, split_archs, args.archs = SMOKE_CONFIGS, SMOKE_MEASURE, 2, SMOKE_ARCHS
+    elif args.out is None:
+        args.out = str(ROOT / "bench" / "results" / "search_workers")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     results = []
     with tempfile.TemporaryDirectory(prefix="nas-workers-") as tmp, PostgresServer() as pg:
         url = pg.create_database("workers")
-        for name, workers, locked, threads in CONFIGS:
-            r = run_config(args.run, url, name, workers, locked, threads, args.archs, Path(tmp))
+        for name, workers, locked, threads in configs:
+            r = run_config(args.run, url, name, workers, locked, threads, args.archs, Path(tmp), measure)
             results.append(r)
             print(f"{name}: {r['evals_per_min']:.1f} evaluations/min ({r['measuring_s']:.1f} s measuring, "
                   f"{r['wall_s']:.1f} s wall)", flush=True)  # fmt: skip
-    split = split_of_a_measurement(args.run)
+    split = split_of_a_measurement(args.run, split_archs, measure)
     refs = [r for r in results if r["workers"] == 1]
     base = float(np.mean([r["evals_per_min"] for r in refs]))
     lines = [f"search workers on one machine: {args.archs} archs of {args.run}, PostgreSQL study, "
@@ -174,8 +195,9 @@ def main() -> None:
     for r in results:
         others = [agreement(ref, r) for ref in refs if ref is not r]
         r["vs_references"] = others
-        mean = {k: float(np.mean([o[k] for o in others])) for k in ("median_abs_rel_diff", "p90_abs_rel_diff",
-                                                                     "kendall_tau")}  # fmt: skip
+        # (nan where there is no reference but itself: the smoke's single run)
+        mean = {k: float(np.mean([o[k] for o in others])) if others else float("nan")
+                for k in ("median_abs_rel_diff", "p90_abs_rel_diff", "kendall_tau")}  # fmt: skip
         same = all(o["same_accuracy"] for o in others)
         lines.append(f"{r['name']:<34} {r['threads_per_worker']:>7} {r['evals_per_min']:>9.1f} "
                      f"{r['evals_per_min'] / base:>7.2f}x {mean['median_abs_rel_diff']:>10.1%} "
@@ -187,6 +209,8 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     print("\n" + text)
+    if args.out is None:
+        return
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"configs": results, "split": split}, indent=2, default=str) + "\n")
