@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -159,6 +160,27 @@ def sandwich_module(space: SearchSpace, train: dict, seed: int):
     module.sampler = build_sampler("sandwich", module.space, num_random=2, seed=seed)
     module.log = lambda *a, **k: None
     return module
+
+
+# ---- real datasets a machine may lack ---------------------------------------------------------------------------
+
+REQUIRE_DATA_ENV = "NAS_REQUIRE_DATA"  # set by .ci/run: there, a missing dataset fails its tests instead of skipping
+
+
+def needs_data(available: bool, reason: str) -> pytest.MarkDecorator:
+    """Skip a test whose real dataset is not on this machine (saying how to get it), except on CI
+    (`NAS_REQUIRE_DATA=1`), where the dataset must be there and its absence fails the test."""
+    if available:
+        return pytest.mark.usefixtures()
+    if os.environ.get(REQUIRE_DATA_ENV) == "1":
+        return pytest.mark.missing_data(reason)
+    return pytest.mark.skip(reason=reason)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    missing = item.get_closest_marker("missing_data")
+    if missing is not None:
+        pytest.fail(f"{REQUIRE_DATA_ENV}=1 and the data is missing: {missing.args[0]}", pytrace=False)
 
 
 # ---- databases for the shared search study -------------------------------------------------------------------------

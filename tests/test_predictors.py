@@ -190,14 +190,30 @@ def test_select_and_fit_ranks_held_out_archs(data, fitted):
 
 
 def test_folds_in_parallel_score_exactly_as_in_series(monkeypatch):
-    """The folds run on threads, one per core: every candidate's CV scores are the same as fold by fold."""
+    """The folds run on threads, one per core: every candidate's CV scores are the same as fold by fold. Two jobs are
+    forced (on a one-core machine fold_jobs would give one, and the test would compare serial with serial), and the
+    fits are seen to run on more than one thread."""
+    import threading
+
     import predictors.models as models
 
     space = SPACES["default"]
     archs = sample(space, 80, seed=4)
     args = (archs, latency_like(archs), FeatureEncoder(space, CFG), "latency")
-    assert fold_jobs(5) >= 1 and fold_jobs(1) == 1
+    assert 1 <= fold_jobs(5) <= 5 and fold_jobs(1) == 1
+    from sklearn.linear_model import RidgeCV
+
+    threads: set[int] = set()
+    fit = RidgeCV.fit
+
+    def traced(self, *a, **k):  # the ridge candidate's estimator, noting the thread each fit runs on
+        threads.add(threading.get_ident())
+        return fit(self, *a, **k)
+
+    monkeypatch.setattr(RidgeCV, "fit", traced)  # on the class: cross-validation fits clones
+    monkeypatch.setattr(models, "fold_jobs", lambda k: 2)
     _, parallel = select_and_fit(*args, candidates=["ridge", "gbrt"])
+    assert len(threads - {threading.get_ident()}) >= 1, threads  # folds fitted off the main thread
     monkeypatch.setattr(models, "fold_jobs", lambda k: 1)
     _, serial = select_and_fit(*args, candidates=["ridge", "gbrt"])
     for a, b in zip(parallel, serial, strict=True):

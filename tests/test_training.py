@@ -45,6 +45,10 @@ def make_cfg(*overrides: str):
 def test_every_config_composes(experiment, trainer, train_group) -> None:
     chosen = [] if experiment == "null" else [f"experiment={experiment}"]
     cfg = make_cfg(*chosen, f"trainer={trainer}", f"train={train_group}")
+    t = cfg.trainer
+    assert (t.accelerator, t.precision) == (("gpu", "bf16-mixed") if trainer == "gpu" else ("cpu", "32-true"))
+    ddp = str(t.get("strategy", "auto")).startswith("ddp")
+    assert (t.devices, ddp) == ((2, True) if trainer == "ddp" else (1, False))
     assert cfg.data._target_.startswith("supernet.data.")
     assert cfg.train.sampler == train_group
     assert set(cfg.space) >= {"depth", "embed_dim", "num_heads", "mlp_ratio", "w_bits", "a_bits"}
@@ -316,10 +320,37 @@ def test_custom_data_module_plugs_in_through_target(tmp_path) -> None:
     assert summary["global_step"] == 3
 
 
-@pytest.mark.parametrize("overrides", [["train.progressive.enabled=true"], ["train.attentive=worst"]])
-def test_sampling_variants_run(tmp_path, overrides) -> None:
+@pytest.mark.parametrize("variant", ["progressive", "attentive", "plain"])
+def test_sampling_variants_run(tmp_path, monkeypatch, variant) -> None:
+    """Each option reaches the training steps: progressive shrinking starts with depth alone elastic (3 steps over 7
+    stages: the first, nothing elastic, gets none), the attentive sandwich scores pools of candidates; the plain
+    sandwich does neither."""
+    overrides = {"progressive": ["train.progressive.enabled=true"], "attentive": ["train.attentive=worst"],
+                 "plain": []}[variant]  # fmt: skip
+    steps: list[list] = []
+    pools: list[int] = []
+    step, choose = SupernetModule.training_step, SupernetModule.choose
+
+    def recorded_step(self, batch, batch_idx):
+        steps.append([p.arch for p in self.sampler.picks(self.global_step)])
+        return step(self, batch, batch_idx)
+
+    def recorded_choose(self, pick, *args):
+        pools.append(len(pick.pool))
+        return choose(self, pick, *args)
+
+    monkeypatch.setattr(SupernetModule, "training_step", recorded_step)
+    monkeypatch.setattr(SupernetModule, "choose", recorded_choose)
     summary = train(make_cfg(*FAST, *overrides), tmp_path / "run")
-    assert summary["global_step"] == 3
+    assert summary["global_step"] == 3 and len(steps) == 3
+    big = load_supernet(tmp_path / "run")[0].space.largest()
+
+    def only_depth_varies(a) -> bool:
+        return a.embed_dim == big.embed_dim and set(a.num_heads) == {big.num_heads[0]} and set(a.mlp_ratio) == {
+            big.mlp_ratio[0]} and set(a.w_bits) == {32} and a.a_bits == big.a_bits  # fmt: skip
+
+    assert all(map(only_depth_varies, steps[0])) == (variant == "progressive"), steps[0]
+    assert pools == ([3, 3] * 3 if variant == "attentive" else []), pools  # 2 random students a step, pools of 3
 
 
 def test_weight_averaging_hands_out_the_average_of_unchanged_training(tmp_path) -> None:
