@@ -99,7 +99,9 @@ def main() -> None:
     dm.setup()
     val, test = fixed_batches(dm.val_subset_dataloader()), fixed_batches(dm.test_dataloader())
     archs = candidate_archs(net.space, args.n_archs, seed=0)
-    v, t, seconds = cached_scores(net, archs, val, test, Path(args.run) / "label_scores.npz")
+    # A smoke keeps its own cache: run on a real run, it must not replace that run's (slow to rebuild) scores.
+    cache = Path(args.run) / ("label_scores_smoke.npz" if args.smoke else "label_scores.npz")
+    v, t, seconds = cached_scores(net, archs, val, test, cache)
     test_acc = np.array([s["accuracy"].mean() for s in t])
     result = {"run": args.run, "n_archs": len(archs), "val_images": args.val_images, "test_images": len(dm.test),
               "seconds": round(seconds, 1), "scores": {}}  # fmt: skip
