@@ -51,9 +51,9 @@ def describe_tiny(spec: dict) -> str:
     return f"tiny Llama ({shape}{kw['num_key_value_heads']}, FFN {kw['intermediate_size']}), random weights"
 
 
-def train(work: Path, name: str = MODEL, spec: dict | None = None, seq: int = SEQ) -> Path:
+def train(work: Path, name: str = MODEL, spec: dict | None = None, seq: int = SEQ, in_process: bool = False) -> Path:
     """The model (`name`'s config in bench/scale.py, or `spec`), imported and fine-tuned for two steps (skipped when
-    the run exists)."""
+    the run exists), by nas-train in a process of its own (or, `in_process`, in this one)."""
     import scale
 
     spec = spec or scale.MODELS[name]
@@ -70,8 +70,17 @@ def train(work: Path, name: str = MODEL, spec: dict | None = None, seq: int = SE
             "data.n_train=4", "data.n_val=8", "data.n_test=8", "data.eval_batch_size=8", "data.val_subset_size=8",
             "train.teacher=pretrained", "train.reference_archs=0", "train.grad_checkpointing=true",
             "trainer.max_steps=2", "trainer.max_epochs=1", "trainer.limit_val_batches=1",
-            "trainer.enable_progress_bar=false", f"hydra.run.dir={run}"]  # fmt: skip
-    subprocess.run([sys.executable, "-m", "supernet.train_cli", *args], cwd=ROOT, check=True)
+            "trainer.enable_progress_bar=false"]  # fmt: skip
+    if in_process:  # the smoke: nas-train's own function, without a second interpreter start
+        from hydra import compose, initialize_config_dir
+
+        from supernet.train_cli import CONF_DIR
+        from supernet.train_cli import train as nas_train
+
+        with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+            nas_train(compose(config_name="train", overrides=args), run)
+        return run
+    subprocess.run([sys.executable, "-m", "supernet.train_cli", *args, f"hydra.run.dir={run}"], cwd=ROOT, check=True)
     return run
 
 
@@ -98,7 +107,7 @@ def search(args: argparse.Namespace, name: str, spec: dict | None, seq: int) -> 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    run = train(work, name, spec, seq)
+    run = train(work, name, spec, seq, in_process=args.smoke)
     train_s = time.perf_counter() - t0
     import optuna
     import sqlalchemy as sa
