@@ -103,11 +103,14 @@ def finetune(net: Supernet, sub: torch.nn.Module, info: dict, cfg: DictConfig) -
     overrides = {**OmegaConf.to_container(cfg.data_overrides, resolve=True)}
     if cfg.finetune.train_subset:
         overrides["train_subset"] = cfg.finetune.train_subset
+        # A subset's own statistics would shift every input from what the supernet was trained and measured on.
+        recorded = (info.get("data") or {}).get("preprocessing") or {}
+        if "normalize_mean" in recorded:
+            overrides["normalize"] = {k: recorded[k] for k in ("normalize_mean", "normalize_std")}
     dm = build_data(info, overrides)
     largest = net.space.largest()
-    module = SubnetModule(
-        sub, {"lr": cfg.finetune.lr, "warmup_fraction": 0.0, "seed": cfg.seed}, teacher=lambda x: net(x, largest)
-    )
+    train = {"lr": cfg.finetune.lr, "warmup_fraction": cfg.finetune.get("warmup_fraction", 0.0), "seed": cfg.seed}
+    module = SubnetModule(sub, train, teacher=lambda x: net(x, largest))
     L.seed_everything(cfg.seed, verbose=False)
     trainer = L.Trainer(
         max_epochs=cfg.finetune.epochs,

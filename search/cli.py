@@ -63,8 +63,11 @@ def reusable_rows(cfg: DictConfig, settings: dict[str, Any], columns: list[str])
         return [], ""
     path = Path(cfg.init_from)
     meta_path = path.with_name(SETTINGS_NAME)
-    if not path.is_file() or not meta_path.is_file():
-        return [], f"no measurements to reuse at {path}"
+    if not path.is_file():
+        return [], f"no measurements to reuse: {path} does not exist (run nas-measure first, or set init_from)"
+    if not meta_path.is_file():
+        return [], (f"not reusing {path}: it has no {SETTINGS_NAME} beside it, so what its rows were measured with "
+                    "is unknown")  # fmt: skip
     saved = json.loads(meta_path.read_text())
     differ = changed_settings(saved, {**SETTING_DEFAULTS, **settings})
     if differ:

@@ -150,3 +150,20 @@ def test_shakespeare_holds_out_whole_works() -> None:
     other = ShakespeareDataModule(data_dir=str(SHAKESPEARE_DIR), block_size=32, split_seed=1)
     other.setup()
     assert other.split_works["val"] != works["val"]
+
+
+def test_fixed_statistics_replace_a_subsets_own() -> None:
+    """A training subset normalises with the statistics it is given (a supernet's recorded ones), so its inputs are
+    the inputs the supernet saw; without them it would use the subset's own, and every input would shift."""
+    full = DigitsDataModule(seed=3)
+    full.setup()
+    recorded = full.preprocessing()
+    fixed = DigitsDataModule(seed=3, train_subset=64, normalize=recorded)
+    fixed.setup()
+    own = DigitsDataModule(seed=3, train_subset=64)
+    own.setup()
+    assert torch.allclose(fixed.val.tensors[0], full.val.tensors[0], atol=1e-6)
+    assert not torch.allclose(own.val.tensors[0], full.val.tensors[0], atol=1e-3)
+    assert len(fixed.train) == 64
+    with pytest.raises(ValueError, match=r"data.normalize=.* must hold exactly normalize_mean and normalize_std"):
+        DigitsDataModule(normalize={"mean": [0.0]})

@@ -451,3 +451,28 @@ def test_overwrite_keeps_the_old_export_until_the_new_one_is_in_place(tmp_path, 
     monkeypatch.setattr(Path, "rename", real_rename)
     replace_dir(new, out)
     assert sorted(p.name for p in out.iterdir()) == ["new.txt"] and not (tmp_path / ".knee.old").exists()
+
+
+def test_finetuning_a_subset_keeps_the_supernets_input_statistics(searched, monkeypatch) -> None:
+    """finetune.train_subset draws fewer images, normalised with the statistics the supernet recorded (not the
+    subset's own); the schedule warms up over finetune.warmup_fraction of the steps."""
+    import export.cli as export_cli
+
+    net, info = load_supernet(searched)
+    seen = []
+    build = export_cli.build_data
+
+    def recording(info_, overrides):
+        dm = build(info_, overrides)
+        seen.append(dm)
+        return dm
+
+    monkeypatch.setattr(export_cli, "build_data", recording)
+    sub = extract_subnet(net, LOW_BIT, qat=True)
+    finetune(net, sub, info, export_cfg(searched, "finetune.epochs=1", "finetune.train_subset=64"))
+    (dm,) = seen
+    assert len(dm.train) == 64
+    recorded = info["data"]["preprocessing"]
+    assert dm.preprocessing()["normalize_mean"] == pytest.approx(recorded["normalize_mean"], rel=1e-6)
+    assert dm.preprocessing()["normalize_std"] == pytest.approx(recorded["normalize_std"], rel=1e-6)
+    assert export_cfg(searched).finetune.warmup_fraction == 0.05

@@ -298,3 +298,11 @@ def test_bench_hf_inherited_smoke(pretrained, finetuned) -> None:
         out = run_script("hf_inherited.py", "--run", str(run), "--pretrained", str(pretrained), "--smoke")
     assert re.search(r"pretrained ViTForImageClassification from .*: test accuracy [\d.]+ %", out), out
     assert "largest arch after elastic fine-tuning: test" in out
+
+
+def test_model_hf_defaults_to_the_models_own_space() -> None:
+    """`nas-train model=hf model.pretrained=<dir>` needs no `space=hf`: the model's own space is model=hf's default,
+    and a space named on the command line still wins."""
+    assert make_cfg("model=hf", "model.pretrained=somewhere").space.from_pretrained is True
+    assert make_cfg("model=hf", "space=small").space.name == "small"
+    assert make_cfg().space.name == "default"  # the project's own models keep theirs

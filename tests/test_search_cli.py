@@ -150,7 +150,14 @@ def test_init_from_measured_with_other_settings_is_ignored(run, measured, tmp_pa
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         build_search(cfg(run, f"out={tmp_path / 'none'}", f"init_from={tmp_path / 'nothing.csv'}"))
-    assert f"nas-search: no measurements to reuse at {tmp_path / 'nothing.csv'}" in buf.getvalue()
+    assert f"nas-search: no measurements to reuse: {tmp_path / 'nothing.csv'} does not exist" in buf.getvalue()
+    # A table without its settings file is not "empty": the note says what is missing.
+    bare = tmp_path / "bare" / measured.name
+    bare.parent.mkdir()
+    shutil.copy(measured, bare)
+    rows, note = reusable_rows(cfg(run, f"init_from={bare}"), measurement_settings(cfg(run)), ["accuracy"])
+    assert rows == [] and note == (f"not reusing {bare}: it has no measurements.json beside it, so what its rows were "
+                                   "measured with is unknown")  # fmt: skip
 
 
 def test_init_from_measured_on_another_kind_of_device_is_not_reused(run, measured, tmp_path) -> None:

@@ -39,11 +39,16 @@ class ImageArrayDataModule(TaskDataModule):
         num_workers: int = 0,
         seed: int = 0,
         split_seed: int = 0,
+        normalize: dict | None = None,
     ) -> None:
+        """`normalize`: fixed per-channel statistics ({"normalize_mean": [...], "normalize_std": [...]}, e.g. a supernet
+        artifact's recorded ones) instead of the training split's own."""
         super().__init__(batch_size, eval_batch_size, val_subset_size, num_workers, seed, split_seed)
         if train_subset is not None and train_subset < 1:
             raise ValueError(f"data.train_subset={train_subset} must be a positive count or null")
-        self.val_size, self.train_subset = val_size, train_subset
+        if normalize is not None and set(normalize) != {"normalize_mean", "normalize_std"}:
+            raise ValueError(f"data.normalize={dict(normalize)} must hold exactly normalize_mean and normalize_std")
+        self.val_size, self.train_subset, self.normalize = val_size, train_subset, normalize
         self._spec: dict | None = None
         self._norm: dict | None = None
 
@@ -62,10 +67,13 @@ class ImageArrayDataModule(TaskDataModule):
         val_idx, train_idx = perm[: self.val_size], perm[self.val_size :]
         if self.train_subset is not None:
             train_idx = train_idx[: self.train_subset]
-        x = train_x[train_idx].astype(np.float32)
-        # Per-channel statistics of the training split only, so validation/test never leak into preprocessing.
-        mean = x.mean(axis=(0, 2, 3), keepdims=True)
-        std = x.std(axis=(0, 2, 3), keepdims=True) + 1e-6
+        if self.normalize is not None:
+            mean, std = (np.asarray(self.normalize[k], np.float32).reshape(1, -1, 1, 1)
+                         for k in ("normalize_mean", "normalize_std"))  # fmt: skip
+        else:  # per-channel statistics of the training split only, so validation/test never leak into preprocessing
+            x = train_x[train_idx].astype(np.float32)
+            mean = x.mean(axis=(0, 2, 3), keepdims=True)
+            std = x.std(axis=(0, 2, 3), keepdims=True) + 1e-6
         self._norm = {"normalize_mean": mean.ravel().tolist(), "normalize_std": std.ravel().tolist()}
 
         def tensors(xs: np.ndarray, ys: np.ndarray) -> TensorDataset:
