@@ -41,7 +41,7 @@ from predictors.measure import (
 )
 from predictors.measure_cli import CONF_DIR, SETTINGS_NAME, TABLE_NAME, build_data, kernels_path, prepare
 from predictors.models import SklearnPredictor
-from predictors.table import MeasurementTable
+from predictors.table import MeasurementTable, writer_lock
 from search.choose import choose, read_front
 from supernet.arch import Arch
 from supernet.artifact import read_metadata
@@ -159,8 +159,16 @@ def export_run(cfg: DictConfig) -> Path:
     supernet_sha = hashlib.sha256((run / "supernet.safetensors").read_bytes()).hexdigest()
     arch, row, why, default_name = pick(cfg, meta, supernet_sha)
     out = Path(cfg.out) / str(cfg.name or default_name)
-    if out.exists() and not cfg.overwrite:
-        raise ValueError(f"{out} already exists; pass overwrite=true to replace it, or name=<another name>")
+    # One export per target at a time, from the existence check to the final move: a second export to the same name
+    # is refused at once (the OS drops the lock of a process that dies), so overwrite=false cannot be raced past and
+    # the `.<name>.old` backup of an overwrite is never another export's.
+    with writer_lock(out, "nas-export", instead="export under another name=<name>"):
+        if out.exists() and not cfg.overwrite:
+            raise ValueError(f"{out} already exists; pass overwrite=true to replace it, or name=<another name>")
+        return _export(cfg, run, meta, supernet_sha, arch, row, why, out)
+
+
+def _export(cfg: DictConfig, run: Path, meta: dict, supernet_sha: str, arch: Arch, row, why: str, out: Path) -> Path:
     print(f"nas-export: exporting {arch.key()}: {why}")
     net, batches, example, lat_cfg = prepare(cfg)
     task = net.config.task

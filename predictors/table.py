@@ -26,7 +26,7 @@ FIX = "fix or delete that row (a deleted arch is measured again); the file was l
 
 
 @contextlib.contextmanager
-def writer_lock(table: str | Path, command: str) -> Iterator[None]:
+def writer_lock(table: str | Path, command: str, instead: str = "write to another out= directory") -> Iterator[None]:
     """Hold the one-writer lock of `table` (an flock on `.<name>.lock` beside it, released by the OS even after
     kill -9); a second writer gets one clear error instead of interleaving rows with the first."""
     table = Path(table)
@@ -37,7 +37,7 @@ def writer_lock(table: str | Path, command: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise ValueError(
-                f"another {command} is writing {table}: wait for it to finish, or write to another out= directory"
+                f"another {command} is writing {table}: wait for it to finish, or {instead}"
             ) from None
         try:
             yield

@@ -476,3 +476,22 @@ def test_finetuning_a_subset_keeps_the_supernets_input_statistics(searched, monk
     assert dm.preprocessing()["normalize_mean"] == pytest.approx(recorded["normalize_mean"], rel=1e-6)
     assert dm.preprocessing()["normalize_std"] == pytest.approx(recorded["normalize_std"], rel=1e-6)
     assert export_cfg(searched).finetune.warmup_fraction == 0.05
+
+
+def test_an_export_in_progress_holds_its_target(searched, arch_file, tmp_path) -> None:
+    """Two exports to one name cannot both pass the existence check: while one holds the target (from the check to
+    the final move), a second is refused at once, naming what to do; once it is done, overwrite=false refuses."""
+    from predictors.table import writer_lock
+
+    out = tmp_path / "subnets"
+    args = (f"out={out}", f"arch={arch_file}", "name=racy")
+    with writer_lock(out / "racy", "nas-export"):  # another export of the same name, in progress
+        with pytest.raises(ValueError, match=r"another nas-export is writing .*racy: wait for it to finish, or "
+                                             r"export under another name=<name>"):  # fmt: skip
+            export_run(export_cfg(searched, *args))
+    assert not (out / "racy").exists()
+    export_run(export_cfg(searched, *args))  # released: this one goes through
+    with pytest.raises(ValueError, match=r"racy already exists; pass overwrite=true"):
+        export_run(export_cfg(searched, *args))
+    assert export_run(export_cfg(searched, *args, "overwrite=true")) == out / "racy"
+    assert sorted(p.name for p in out.iterdir()) == [".racy.lock", "racy"]  # no backup or temporary folder left
