@@ -36,9 +36,7 @@ def writer_lock(table: str | Path, command: str, instead: str = "write to anothe
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ValueError(
-                f"another {command} is writing {table}: wait for it to finish, or {instead}"
-            ) from None
+            raise ValueError(f"another {command} is writing {table}: wait for it to finish, or {instead}") from None
         try:
             yield
         finally:
