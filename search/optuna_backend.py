@@ -12,6 +12,14 @@ Latency is timed under the machine's device lock (supernet/device_lock.py), so w
 while another measures, and they split its cores for scoring accuracy (search/machine_workers.py).
 
 evaluations.csv and the other outputs are views of the study, rewritten from it when a worker finishes.
+
+The budget rule, in one place. The budget is a number of claim slots (search/claims.py): an arch is measured only by
+the worker whose trial claims it, and no more than `budget` archs are ever claimed. A claim is released only when its
+trial FAILs and is not given up: a worker that died (optuna's heartbeat fails its trial, and the retry callback
+enqueues the arch again) or an evaluation error, after which the next worker that draws the arch tries it again. An
+arch whose evaluation fails `MAX_FAILURES` times is given up: recorded with its error (search.json, `failed_archs`),
+its claim kept, so no worker takes it again and its slot is spent. A worker stops once every slot is claimed and no
+claimed trial is still running, so a study ends with `budget` archs measured or given up, never more.
 """
 
 from __future__ import annotations
@@ -40,6 +48,12 @@ from supernet.costs import arch_costs
 SAMPLERS = ("nsga2", "tpe", "random")
 # Stop asking after this many proposals in a row that were all measured already (a small space can run dry).
 MAX_REPEATS = 200
+# Evaluations of one arch that may fail before it is given up (see the budget rule above).
+MAX_FAILURES = 2
+
+
+class ArchFailed(Exception):
+    """An arch's evaluation raised: its trial fails and the worker goes on (optuna's `catch`)."""
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -203,7 +217,10 @@ class OptunaSearch(RefinementSearch):
         self._repeats = self._repeats + 1 if row is not None else 0
         if row is None:
             self._share_cores()
-            row = {**self.evaluator.evaluate(arch), **arch_costs(arch, self.model_config).to_dict()}
+            try:
+                row = {**self.evaluator.evaluate(arch), **arch_costs(arch, self.model_config).to_dict()}
+            except Exception as e:  # a deterministic error must not crash every worker that draws this arch
+                raise self._failure(trial, arch, e) from e
         violations = [float(c.violation(np.asarray(row[c.objective.column]))) for c in self.constraints]
         for name, value in (("arch", arch.to_dict()), ("row", row), ("repeat", self._repeats > 0)):
             trial.set_user_attr(name, value)
@@ -221,10 +238,29 @@ class OptunaSearch(RefinementSearch):
             torch.set_num_threads(n)
             self.log(f"nas-search: {self._workers.count()} workers on this machine: {n} torch thread(s) each")
 
-    def _failed(self, trials) -> set[int]:
-        """Which of the trial numbers `trials` failed (optuna fails a dead worker's trial by its heartbeat)."""
+    def _failure(self, trial: optuna.Trial, arch: Arch, error: Exception) -> ArchFailed:
+        """Record a failed evaluation on its trial; give the arch up at its `MAX_FAILURES`-th failure."""
+        text = (f"{type(error).__name__}: {error}".splitlines() or [type(error).__name__])[0][:300]
         failed = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
-        return {t.number for t in failed} & set(trials)
+        n = 1 + sum(t.user_attrs.get("key") == arch.key() and "error" in t.user_attrs for t in failed)
+        trial.set_user_attr("error", text)
+        if n >= MAX_FAILURES:
+            trial.set_user_attr("given_up", True)
+        then = "given up: recorded as failed, its budget slot spent" if n >= MAX_FAILURES else "released for a retry"
+        self.log(f"nas-search: trial {trial.number}: {arch.key()} failed ({text}); failure {n} of {MAX_FAILURES}, "
+                 f"{then}")  # fmt: skip
+        return ArchFailed(text)
+
+    def failed_archs(self) -> dict[str, str]:
+        """The archs given up, with their last error."""
+        failed = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+        return {t.user_attrs["key"]: t.user_attrs["error"] for t in failed if t.user_attrs.get("given_up")}
+
+    def _failed(self, trials) -> set[int]:
+        """Which of the trial numbers `trials` failed and are not given up: their claims are released (optuna fails
+        a dead worker's trial by its heartbeat; an evaluation error fails it here)."""
+        failed = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+        return {t.number for t in failed if not t.user_attrs.get("given_up")} & set(trials)
 
     def _claims_unfinished(self) -> bool:
         """Whether some claimed arch's trial is still running (its worker measures it, or died doing so)."""
@@ -248,7 +284,7 @@ class OptunaSearch(RefinementSearch):
             try:
                 with MachineWorkers() as self._workers:
                     # optimize (not ask/tell): optuna records this worker's heartbeats and fails a dead worker's trial
-                    self.study.optimize(self.objective, callbacks=[self._stop_at_budget])
+                    self.study.optimize(self.objective, callbacks=[self._stop_at_budget], catch=(ArchFailed,))
             finally:
                 self._workers = None
                 torch.set_num_threads(threads)
@@ -256,6 +292,7 @@ class OptunaSearch(RefinementSearch):
         last = max((int(r["iteration"]) for r in self.table.rows.values()), default=0)
         self._record(last, {"backend": "optuna", "sampler": self.cfg.optuna.sampler, "storage": where})
         self.state["timing"] = {"last_run_seconds": time.perf_counter() - start}
+        self.state["failed_archs"] = self.failed_archs()
         write_outputs(self)
         return self.state
 

@@ -485,10 +485,10 @@ def test_an_export_in_progress_holds_its_target(searched, arch_file, tmp_path) -
 
     out = tmp_path / "subnets"
     args = (f"out={out}", f"arch={arch_file}", "name=racy")
-    with writer_lock(out / "racy", "nas-export"):  # another export of the same name, in progress
-        with pytest.raises(ValueError, match=r"another nas-export is writing .*racy: wait for it to finish, or "
-                                             r"export under another name=<name>"):  # fmt: skip
-            export_run(export_cfg(searched, *args))
+    refused = r"another nas-export is writing .*racy: wait for it to finish, or export under another name=<name>"
+    # another export of the same name, in progress
+    with writer_lock(out / "racy", "nas-export"), pytest.raises(ValueError, match=refused):
+        export_run(export_cfg(searched, *args))
     assert not (out / "racy").exists()
     export_run(export_cfg(searched, *args))  # released: this one goes through
     with pytest.raises(ValueError, match=r"racy already exists; pass overwrite=true"):

@@ -796,6 +796,43 @@ def test_optuna_runs_to_budget_and_continues(bench, tmp_path) -> None:
     assert more.calls == 2 and len(rows) == 10 and [r["key"] for r in rows[:8]] == keys
 
 
+class FailingEvaluator(CachedEvaluator):
+    """The real evaluator, except that one arch's evaluation always raises (a deterministic error on that arch)."""
+
+    def __init__(self, bench: Bench, bad: Arch) -> None:
+        super().__init__(bench)
+        self.bad, self.tries = bad, 0
+
+    def evaluate(self, arch: Arch) -> dict[str, float]:
+        if arch == self.bad:
+            self.tries += 1
+            raise RuntimeError(f"cannot evaluate {arch.key()}")
+        return super().evaluate(arch)
+
+
+def test_an_arch_that_always_fails_is_given_up_and_the_budget_stays_exact(bench, tmp_path) -> None:
+    """A failing evaluation does not crash the worker: the arch is released for a retry, and given up at its second
+    failure (recorded with its error, its claim kept so nobody takes it again); the study ends with `budget` archs
+    measured or given up."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    bad = bench.space.sample(np.random.default_rng(5))
+    ev = FailingEvaluator(bench, bad)
+    logs: list[str] = []
+    search = make_optuna(bench, tmp_path, ev)
+    search.log = logs.append
+    for _ in range(3):  # the sampler proposes it three times in a row
+        search.study.enqueue_trial(search._params(bad), skip_if_exists=False)
+    state = search.run()
+    assert ev.tries == 2  # the first failure released it, the second gave it up, the third proposal was refused
+    assert state["failed_archs"] == {bad.key(): f"RuntimeError: cannot evaluate {bad.key()}"}
+    _, rows = read_csv(tmp_path / TABLE_NAME)
+    assert len(rows) == 7 and bad.key() not in {r["key"] for r in rows}  # 7 measured + 1 given up = budget 8
+    assert search.claims.count() == 8
+    assert any("failure 1 of 2, released for a retry" in line for line in logs)
+    assert any("failure 2 of 2, given up" in line for line in logs)
+    assert json.loads((tmp_path / "search.json").read_text())["failed_archs"] == state["failed_archs"]
+
+
 def old_key(a: Arch) -> str:
     """The key an arch had before keys held FFN widths: every layer's ratio written out, `_r4-2.6666666666666665`."""
     ratios = "-".join(str(int(r)) if r.is_integer() else repr(r) for r in a.mlp_ratio)
