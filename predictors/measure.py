@@ -230,6 +230,18 @@ def current_reference_keys(settings: Any) -> Any:
     return out
 
 
+def calibration_key(arch: Arch) -> str:
+    """Where a kernel table keeps the paired estimator's calibration of reference arch `arch`."""
+    return f"reference {arch.key()}"
+
+
+def _legacy_calibration(entries: dict[str, Any], arch: Arch) -> dict[str, Any] | None:
+    """A calibration kept under the single `reference` entry (tables written before calibrations were keyed by
+    arch), if it is of `arch` (its key in the old format counts): reused, so earlier rows stay in the same units."""
+    old = entries.get("reference")
+    return old if isinstance(old, dict) and _current_key(old.get("arch")) == arch.key() else None
+
+
 def paired_reference(net: Supernet, kernels: KernelTable, example: torch.Tensor, cfg: LatencyConfig) -> Reference:
     """The reference of the paired estimator for this kernel table's target: its calibration (the minimum over
     three times the usual repeats) is measured once and kept in the table, so every later measurement of the run
@@ -241,13 +253,20 @@ def paired_reference(net: Supernet, kernels: KernelTable, example: torch.Tensor,
     session = make_session(runtime_model(net, arch, kernels)[0], cfg.threads)
     inputs = feed(session, example)
     kernels.reload()  # another process of this run may have calibrated it already: one calibration per run
-    saved = kernels.entries.get("reference")
-    if not saved or _current_key(saved.get("arch")) != arch.key():  # kept by a run before keys held FFN widths too
+    # Each calibration is kept under its own arch's key, so the table's merge rule (the first saved wins, right for
+    # kernel verdicts and for two processes calibrating one arch) can never pair this arch with another's time.
+    key = calibration_key(arch)
+    saved = kernels.entries.get(key) or _legacy_calibration(kernels.entries, arch)
+    if saved is None:
         calib = replace(cfg, estimator="min", repeats=3 * cfg.repeats)
-        saved = {"arch": arch.key(), "ms": _timed(lambda: session.run(None, inputs), calib, _cpu_times)["latency_ms"]}
-        kernels.entries["reference"] = saved
-        kernels.save()  # keeps an earlier process's calibration if one raced us to the file
-        saved = kernels.entries["reference"]
+        kernels.entries[key] = {
+            "arch": arch.key(),
+            "ms": _timed(lambda: session.run(None, inputs), calib, _cpu_times)["latency_ms"],
+        }
+        kernels.save()  # keeps an earlier process's calibration of this arch if one raced us to the file
+        saved = kernels.entries[key]
+    if _current_key(saved.get("arch")) != arch.key():
+        raise RuntimeError(f"{kernels.path}: calibration {saved} under {key!r} is not of {arch.key()}")
     ref = Reference(session, inputs, float(saved["ms"]), arch.key())
     kernels.cache["reference"] = ref
     return ref

@@ -271,3 +271,33 @@ def test_a_calibration_kept_under_the_old_key_format_is_reused(monkeypatch, defa
     monkeypatch.setattr(measure_mod, "_timed", calibrate)
     reference = measure_mod.paired_reference(net, table, sample_input(net.config, batch=1), LatencyConfig())
     assert reference.ms == 0.125 and reference.arch == ref.key()
+
+
+def test_a_calibration_of_another_reference_arch_is_never_paired_with_this_one(monkeypatch, default_space, tmp_path):
+    """kernels.json holding a calibration of another arch (the reference arch changed since): this arch is calibrated
+    anew and keeps its own entry; the old one cannot pair this arch's session with its time (the first-saved-wins
+    merge of kernel verdicts used to keep the old milliseconds under the one `reference` entry). A second process
+    then reuses the new calibration."""
+    from predictors import measure as measure_mod
+    from supernet import build_supernet
+    from tests.conftest import TASK_CONFIGS, randomize
+
+    net = randomize(build_supernet(default_space, TASK_CONFIGS["image"])).eval()
+    ref = measure_mod.reference_arch(default_space)
+    other = default_space.largest()
+    assert other != ref
+    monkeypatch.setattr(kernels_mod, "measure_linear", lambda *args: {"kernel": "float", "us": {}, "rejected": {}})
+    path = tmp_path / "kernels.json"
+    table = KernelTable(threads=1, batch=1, tokens=net.config.tokens(), path=path)
+    path.write_text(json.dumps({table.target_key(): {"reference": {"arch": other.key(), "ms": 123.0}}}))
+    calls = []
+    monkeypatch.setattr(measure_mod, "_timed", lambda *args: calls.append(1) or {"latency_ms": 0.25})
+    x = sample_input(net.config, batch=1)
+    table = KernelTable(threads=1, batch=1, tokens=net.config.tokens(), path=path)
+    reference = measure_mod.paired_reference(net, table, x, LatencyConfig())
+    assert (reference.arch, reference.ms, len(calls)) == (ref.key(), 0.25, 1)
+    saved = json.loads(path.read_text())[table.target_key()]
+    assert saved[measure_mod.calibration_key(ref)] == {"arch": ref.key(), "ms": 0.25}
+    assert saved["reference"] == {"arch": other.key(), "ms": 123.0}  # the other arch's, kept for its own runs
+    again = KernelTable(threads=1, batch=1, tokens=net.config.tokens(), path=path)
+    assert measure_mod.paired_reference(net, again, x, LatencyConfig()).ms == 0.25 and len(calls) == 1
