@@ -55,6 +55,7 @@ from supernet.runtime.kernels import KernelTable, float_plan
 from supernet.runtime.session import executed_ops, initializer_bytes, make_session
 from supernet.static import StaticSubnet
 from supernet.subnet_io import WEIGHTS_NAME, load_subnet, read_arrays, save_subnet
+from supernet.tolerance import bounds, compare, describe
 from supernet.training import SubnetModule
 
 
@@ -138,16 +139,24 @@ class RuntimeModule(torch.nn.Module):
 
 
 @torch.no_grad()
-def verify(reference: torch.nn.Module, exported: torch.nn.Module, runtime: torch.nn.Module, x: torch.Tensor) -> dict:
-    """Max |Δ| and argmax agreement of the exported module and the runtime model against `reference` on `x`."""
+def verify(
+    reference: torch.nn.Module,
+    exported: torch.nn.Module,
+    runtime: torch.nn.Module,
+    x: torch.Tensor,
+    quantized: bool,
+    cfg: DictConfig,
+) -> dict:
+    """The exported module and the runtime model against `reference` on `x` (supernet/tolerance.py): the module to
+    float rounding; the graph too, or, with 8-bit activations, to a quantization step and `min_argmax_agreement`."""
     ref = reference(x)
-    out = {}
-    for name, y in (("torch", exported(x)), ("onnx", runtime(x))):
-        out[name] = {
-            "max_abs_diff": float((y - ref).abs().max()),
-            "argmax_agreement": float((y.argmax(-1) == ref.argmax(-1)).float().mean()),
-        }
-    return out
+    v = cfg.verify
+    rtol = v.get("rtol_quantized_act") if quantized else v.get("rtol")
+    graph = bounds(quantized, rtol, v.get("min_argmax_agreement"))
+    return {
+        "torch": compare(exported(x), ref, *bounds(False, v.get("rtol"))),
+        "onnx": compare(runtime(x), ref, *graph),
+    }  # fmt: skip
 
 
 def export_run(cfg: DictConfig) -> Path:
@@ -269,16 +278,8 @@ def _write(tmp: Path, out: Path, cfg: DictConfig, job: ExportJob) -> None:
     saved_model = write_runtime_model(arch, net.config, arrays, plan, onnx_path)  # past 2 GiB: model.onnx.data
     runtime = RuntimeModule(onnx_path, lat_cfg.threads)
     x = torch.cat([b[0] for b in batches])[: cfg.verify.batch]
-    checks = verify(reference, exported, runtime, x)
-    # Quantized activations round x / scale: a 1-ulp difference between runtimes before rounding moves a value by a
-    # whole quantization step, so ONNX Runtime gets a looser bound there (the reloaded torch module must be exact).
-    quantized = arch.a_bits < 32
-    tol = {"torch": cfg.verify.atol, "onnx": cfg.verify.atol_quantized_act if quantized else cfg.verify.atol}
-    need = {"torch": 1.0, "onnx": cfg.verify.min_argmax_agreement if quantized else 1.0}
-    for name, c in checks.items():
-        c["atol"], c["min_argmax_agreement"] = tol[name], need[name]
-    ok = all(c["max_abs_diff"] <= c["atol"] and c["argmax_agreement"] >= c["min_argmax_agreement"]
-             for c in checks.values())  # fmt: skip
+    checks = verify(reference, exported, runtime, x, arch.a_bits < 32, cfg)
+    ok = all(c["passed"] for c in checks.values())
     metrics["measured_at_export"] = evaluate(exported, batches, task)
     metrics["runtime_at_export"] = evaluate(runtime, batches, task)
     search_cols = {
@@ -335,7 +336,6 @@ def _write(tmp: Path, out: Path, cfg: DictConfig, job: ExportJob) -> None:
         },
         "verification": {
             "inputs": len(x),
-            "atol": cfg.verify.atol,
             "passed": ok,
             "reference": "fine-tuned module" if cfg.finetune.epochs > 0 else "supernet(x, arch)",
             **checks,
@@ -353,12 +353,17 @@ def _write(tmp: Path, out: Path, cfg: DictConfig, job: ExportJob) -> None:
     }
     pretrained = job.meta["info"].get("pretrained")
     if pretrained:
-        extra["hugging_face"] = write_hf(exported, pretrained, tmp / "hf", x, bool(cfg.hf_pad), cfg.verify.atol)
+        rtol = bounds(False, cfg.verify.get("rtol"))[0]
+        extra["hugging_face"] = write_hf(exported, pretrained, tmp / "hf", x, bool(cfg.hf_pad), rtol)
         ok = ok and extra["hugging_face"].get("passed", True)
     save_subnet(sub, tmp, extra=json.loads(json.dumps(extra, default=float)))  # same weights; arch.yaml completed
     (tmp / "report.md").write_text(report(arch, extra))
     if not ok:
-        raise ValueError(f"verification failed: {checks} (tolerance {cfg.verify.atol}); nothing was written to {out}")
+        found = [f"{name}: {describe(c)}" for name, c in checks.items()]
+        hf = extra.get("hugging_face") or {}
+        if hf.get("written"):
+            found.append(f"Hugging Face: {describe(hf['check'])}")
+        raise ValueError(f"verification failed: {'; '.join(found)}; nothing was written to {out}")
     replace_dir(tmp, out)
     for name, c in checks.items():
         print(
@@ -375,7 +380,7 @@ def _write(tmp: Path, out: Path, cfg: DictConfig, job: ExportJob) -> None:
 
 
 def write_hf(
-    module: torch.nn.Module, pretrained: dict[str, Any], out: Path, x: torch.Tensor, pad: bool, atol: float
+    module: torch.nn.Module, pretrained: dict[str, Any], out: Path, x: torch.Tensor, pad: bool, rtol: float
 ) -> dict[str, Any]:
     """Write the subnet back as a model of the imported family (`save_pretrained`), reload it with `from_pretrained`
     and compare its logits with the exported module's; or record in one line why the stock config cannot hold it."""
@@ -390,11 +395,11 @@ def write_hf(
     save_hf(module, pretrained, out, pad=padded)
     back = load_pretrained(str(out))
     with torch.no_grad():
-        diff = float((hf_logits(back, x) - module(x)).abs().max())
+        check = compare(hf_logits(back, x), module(x), rtol)
     params = sum(p.numel() for p in back.parameters())
     return {"written": True, "dir": out.name, "family": pretrained["family"], "padded": padded, "params": params,
-            "subnet_params": sum(p.numel() for p in module.parameters()), "max_abs_diff": diff,
-            "passed": diff <= atol}  # fmt: skip
+            "subnet_params": sum(p.numel() for p in module.parameters()), "max_abs_diff": check["max_abs_diff"],
+            "check": check, "passed": check["passed"]}  # fmt: skip
 
 
 def hf_summary(hf: dict[str, Any]) -> str:
@@ -458,14 +463,12 @@ def report(arch: Arch, extra: dict[str, Any]) -> str:
         f"| weights file | {size['weights_file_bytes']} bytes ({size['ratio']:.4f} × cost model) |",
         f"| model.onnx | {size['onnx_file_bytes']} bytes ({size['onnx_to_weights_ratio']:.3f} × weights file) |",
         "",
-        f"Verification on {v['inputs']} validation inputs against {v['reference']} (tolerance {v['atol']}): "
+        f"Verification on {v['inputs']} validation inputs against {v['reference']}, each check with the tolerance it "
+        "was held to (relative: max |Δ| / max(1, max |reference|); supernet/tolerance.py): "
         + ("**passed**" if v["passed"] else "**FAILED**"),
         "",
     ]
-    lines += [
-        f"- {n}: max |Δ| {v[n]['max_abs_diff']:.2e}, argmax agreement {100 * v[n]['argmax_agreement']:.1f} %"
-        for n in ("torch", "onnx")
-    ]
+    lines += [f"- {n}: {describe(v[n])}" for n in ("torch", "onnx")]
     kinds = Counter(k for layer in extra["runtime"]["kernels"] for k in layer.values())
     lines += [
         "",

@@ -35,6 +35,7 @@ from supernet.costs import arch_costs
 from supernet.extract import extract_subnet
 from supernet.onnx_export import run_onnx
 from supernet.subnet_io import load_subnet
+from supernet.tolerance import MIN_AGREEMENT_QUANTIZED_ACT, RTOL, RTOL_QUANTIZED_ACT
 from supernet.train_cli import train
 from tests.conftest import ROOT
 from tests.test_training import FAST, make_cfg
@@ -96,11 +97,18 @@ def check_export(folder: Path, run: Path, arch: Arch) -> dict:
     assert prov["supernet_sha256"] == hashlib.sha256((run / "supernet.safetensors").read_bytes()).hexdigest()
     assert prov["supernet"] == str(run / "supernet.safetensors") and prov["seed"] == 0
     v = doc["verification"]
-    assert v["passed"] is True and v["inputs"] == 64 and v["atol"] == 1e-4
-    assert v["torch"]["max_abs_diff"] <= 1e-4 and v["torch"]["argmax_agreement"] == 1.0
-    want_tol = 1e-4 if arch.a_bits >= 32 else 5e-2
-    assert v["onnx"]["atol"] == want_tol and v["onnx"]["max_abs_diff"] <= want_tol
-    assert v["onnx"]["argmax_agreement"] >= (1.0 if arch.a_bits >= 32 else 0.99)
+    assert v["passed"] is True and v["inputs"] == 64
+    t = v["torch"]
+    assert (t["rtol"], t["min_argmax_agreement"], t["passed"]) == (RTOL, 1.0, True)
+    assert t["relative_error"] <= RTOL and t["argmax_agreement"] == 1.0
+    want = (RTOL, 1.0) if arch.a_bits >= 32 else (RTOL_QUANTIZED_ACT, MIN_AGREEMENT_QUANTIZED_ACT)
+    o = v["onnx"]
+    assert (o["rtol"], o["min_argmax_agreement"], o["passed"]) == (*want, True)
+    assert o["relative_error"] <= want[0] and o["argmax_agreement"] >= want[1]
+    # report.md states each check with the tolerance it was held to
+    report = (folder / "report.md").read_text()
+    line = f"- onnx: max |Δ| {o['max_abs_diff']:.2e} (relative {o['relative_error']:.1e}, at most {want[0]:g})"
+    assert line in report, report
     net, _ = load_supernet(run)
     size = (folder / "model.safetensors").stat().st_size
     cost = arch_costs(arch, net.config).bytes
@@ -311,12 +319,15 @@ def test_bad_input_is_one_clear_error(searched, knee, tmp_path) -> None:
 def refused(searched) -> ValueError:
     """An export whose verification cannot pass (a negative tolerance): everything runs, then it is refused."""
     with pytest.raises(ValueError) as info:
-        export_run(export_cfg(searched, "verify.atol=-1.0", "name=refused"))
+        export_run(export_cfg(searched, "verify.rtol=-1.0", "name=refused"))
     return info.value
 
 
 def test_failed_verification_is_refused(searched, refused) -> None:
-    assert re.search(r"verification failed: .* \(tolerance -1.0\); nothing was written to .*refused", str(refused))
+    # Every check is named with what was found and what it was held to, the failing one included.
+    assert re.search(r"verification failed: torch: max \|Δ\| \S+ \(relative \S+, at most -1\), argmax agreement "
+                     r"100\.0 % \(at least 100 %\): FAILED; onnx: .*: FAILED; nothing was written to .*refused",
+                     str(refused)), str(refused)  # fmt: skip
     assert not (searched / "subnets" / "refused").exists()
 
 

@@ -19,6 +19,7 @@ from supernet.hf.families import FAMILIES  # noqa: E402
 from supernet.hf.load import load_pretrained, pretrained_info, supernet_from_pretrained  # noqa: E402
 from supernet.hf.save import hf_logits, save_hf, why_not  # noqa: E402
 from supernet.space import SearchSpace  # noqa: E402
+from supernet.tolerance import RTOL, relative_error  # noqa: E402
 from tests.conftest import padded_tokens  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -107,7 +108,7 @@ def test_largest_arch_reproduces_the_pretrained_logits(family: str, seed: int) -
     with torch.no_grad():
         out = net(x, net.space.largest())
     assert out.shape == ref.shape
-    assert (out - ref).abs().max() <= 1e-4 * ref.abs().max()
+    assert relative_error(out, ref) <= RTOL
 
 
 @pytest.mark.parametrize("seed", SEEDS["bert"])
@@ -124,8 +125,8 @@ def test_bert_on_padded_batches_matches_transformers_with_its_attention_mask(see
         ref = model(input_ids=x, attention_mask=(x != 0).long()).logits
         out = net(x, net.space.largest())
         alone = torch.cat([model(input_ids=x[i : i + 1, :n]).logits for i, n in enumerate(lengths)])
-    assert (out - ref).abs().max() <= 1e-4 * ref.abs().max()
-    assert (out - alone).abs().max() <= 1e-4 * alone.abs().max()
+    assert relative_error(out, ref) <= RTOL
+    assert relative_error(out, alone) <= RTOL
 
 
 @pytest.mark.parametrize("family", ["vit", "llama"])
@@ -173,7 +174,7 @@ def test_every_subnet_exports_back_to_an_equal_hugging_face_model(family: str, s
         assert type(back).__name__ == MODELS[family]
         with torch.no_grad():
             want = sub(x)
-        assert (hf_logits(back, x) - want).abs().max() <= 1e-4 * max(1.0, want.abs().max().item())
+        assert relative_error(hf_logits(back, x), want) <= RTOL
         exported += 1
     assert exported == len(archs)
 
@@ -189,7 +190,7 @@ def test_quantized_subnets_are_written_with_their_quantized_weights(family: str,
     x = inputs(model)
     with torch.no_grad():
         want = sub(x)
-    assert (hf_logits(back, x) - want).abs().max() <= 1e-4 * want.abs().max()
+    assert relative_error(hf_logits(back, x), want) <= RTOL
     assert (want - hf_logits(model, x)).abs().max() > 1e-3  # 2-bit weights really changed the function
 
 

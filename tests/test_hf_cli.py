@@ -29,6 +29,7 @@ from supernet.hf.prepare import check_data, prepare_pretrained  # noqa: E402
 from supernet.hf.pretrain import pretrain  # noqa: E402
 from supernet.hf.save import hf_logits  # noqa: E402
 from supernet.subnet_io import load_subnet  # noqa: E402
+from supernet.tolerance import RTOL, relative_error  # noqa: E402
 from supernet.train_cli import train  # noqa: E402
 from supernet.training import task_loss  # noqa: E402
 from tests.test_search import MEASURE_OVERRIDES  # noqa: E402
@@ -72,7 +73,7 @@ def test_import_reorders_and_ranks_on_the_data_without_changing_the_model(pretra
     ref = hf_logits(hf, x)
     with torch.no_grad():
         out = prep.net(x, prep.net.space.largest())
-    assert (out - ref).abs().max() <= 1e-4 * ref.abs().max()
+    assert relative_error(out, ref) <= RTOL
     rank = prep.info["layer_rank"]
     assert sorted(rank) == [0, 1, 2] and prep.net.config.layer_rank == tuple(rank)
     assert len(prep.info["layer_redundancy"]) == 3 and prep.info["importance"] == "taylor"
@@ -114,7 +115,7 @@ def test_fine_tunes_from_the_pretrained_teacher_resumes_and_exports_back(pretrai
     sub = load_subnet(out)
     x = digits_batches(1)[1][0][0]
     with torch.no_grad():
-        assert (hf_logits(back, x) - sub(x)).abs().max() <= 1e-4
+        assert relative_error(hf_logits(back, x), sub(x)) <= RTOL
     assert "Hugging Face: ViTForImageClassification directory hf/" in (out / "report.md").read_text()
 
 
@@ -195,7 +196,7 @@ def test_a_pretrained_llama_on_shakespeare_fine_tunes_and_exports_back(tmp_path)
     assert back.config.num_hidden_layers == 1 and back.config.num_key_value_heads == 1
     x = torch.randint(0, 256, (2, 20))
     with torch.no_grad():
-        assert (hf_logits(back, x) - load_subnet(out)(x)).abs().max() <= 1e-4
+        assert relative_error(hf_logits(back, x), load_subnet(out)(x)) <= RTOL
 
 
 # ---- text classification: a pretrained BERT with its own tokenizer --------------------------------------------------
@@ -254,7 +255,7 @@ def test_a_pretrained_bert_on_labelled_text_goes_from_nas_train_to_export(bert, 
     x = next(iter(dm.val_subset_dataloader()))[0]
     assert (x == 0).any()  # padded passages
     with torch.no_grad():
-        assert (hf_logits(back, x) - load_subnet(out)(x)).abs().max() <= 1e-4
+        assert relative_error(hf_logits(back, x), load_subnet(out)(x)) <= RTOL
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,9 @@ import torch
 from supernet.extract import extract_subnet
 from supernet.runtime import session as session_mod
 from supernet.runtime.graph import build_runtime_model
-from supernet.runtime.kernels import TOLERANCE, float_plan
+from supernet.runtime.kernels import float_plan
 from supernet.subnet_io import pack_subnet
+from supernet.tolerance import RTOL, relative_error
 from tests.conftest import sample_input
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -194,4 +195,4 @@ def test_runtime_graph_holds_no_table_of_the_longest_context_squared():
     x = torch.randint(0, 32, (2, 24))
     with torch.no_grad():
         want = net(x, arch).numpy()
-    assert np.abs(session_mod.run(model, x) - want).max() <= TOLERANCE * max(1.0, np.abs(want).max())
+    assert relative_error(session_mod.run(model, x), want) <= RTOL

@@ -12,9 +12,10 @@ import torch
 
 from supernet import build_supernet, extract_subnet
 from supernet.runtime.graph import build_runtime_model
-from supernet.runtime.kernels import TOLERANCE, float_plan
+from supernet.runtime.kernels import float_plan
 from supernet.runtime.session import run
 from supernet.subnet_io import pack_subnet
+from supernet.tolerance import RTOL, relative_error
 from tests.conftest import TASK_CONFIGS, padded_tokens, randomize
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -32,7 +33,7 @@ def text_net(request, small_space):
 
 def _close(got, want) -> bool:
     got, want = np.asarray(got), np.asarray(want)
-    return np.abs(got - want).max() <= TOLERANCE * max(1.0, np.abs(want).max())
+    return relative_error(got, want) <= RTOL
 
 
 def _archs(net, n: int = 6) -> list:

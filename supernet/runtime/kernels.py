@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from supernet.arch import Arch
@@ -32,8 +31,8 @@ from supernet.packing import pack_codes
 from supernet.quant import quantize_activations, weight_codes
 from supernet.runtime.linears import LinearWeights, candidates, linear_model
 from supernet.runtime.session import check_runtime, make_session
+from supernet.tolerance import RTOL, relative_error
 
-TOLERANCE = 1e-4  # relative to the output's magnitude: float reordering passes, one flipped activation code fails
 _REPEATS, _NUMBER = 11, 8
 # Timing budget of one shape's kernels: small shapes (sub-millisecond calls) get all _REPEATS × _NUMBER calls, as
 # always; a real model's long calls (a 2048-wide linear on 2048 tokens takes about a second on 2 cores) get fewer
@@ -87,14 +86,11 @@ def measure_linear(k_in: int, n_out: int, w_bits: int, a_bits: int, tokens: int,
     for kernel in candidates(w_bits, a_bits, k_in):
         try:
             s = make_session(linear_model(weights, a_bits, kernel, (batch, tokens, k_in)), threads)
-            err = max(
-                float(np.abs(s.run(None, {"x": x.numpy()})[0] - r).max() / max(1.0, np.abs(r).max()))
-                for x, r in zip(inputs, refs, strict=True)
-            )
+            err = max(relative_error(s.run(None, {"x": x.numpy()})[0], r) for x, r in zip(inputs, refs, strict=True))
         except Exception as e:
             rejected[kernel] = f"fails to run: {(str(e).strip().splitlines() or [type(e).__name__])[0][:120]}"
             continue
-        if err > TOLERANCE:
+        if err > RTOL:  # float reordering passes, one flipped activation code fails
             rejected[kernel] = f"not exact: relative error {err:.1e}"
             continue
         sessions[kernel] = s
