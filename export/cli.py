@@ -366,9 +366,7 @@ def _write(tmp: Path, out: Path, cfg: DictConfig, job: ExportJob) -> None:
         raise ValueError(f"verification failed: {'; '.join(found)}; nothing was written to {out}")
     replace_dir(tmp, out)
     for name, c in checks.items():
-        print(
-            f"nas-export: {name}: max |Δ| {c['max_abs_diff']:.2e}, argmax agreement {100 * c['argmax_agreement']:.1f} %"
-        )
+        print(f"nas-export: {name}: {describe(c)}")
     if pretrained:
         print(f"nas-export: {hf_summary(extra['hugging_face'])}")
     print(
