@@ -6,6 +6,10 @@ reach about 100, where float32 summation order alone moves them by 1e-5; below 1
 
 * `RTOL` (1e-4): float rounding and reordering pass, anything that changes the arithmetic fails; predictions agree
   everywhere.
+* A kernel that quantizes activations with its own rounding (ONNX Runtime's MatMulNBits at int8 compute computes
+  a·(127/amax) where quant.py computes a/(amax/127)) puts an element on the other side of a rounding boundary now and
+  then: measured, 5 of 30,720 token rows at K = 256, each then one activation step (about 1e-3) off. By design it
+  passes `own_rounding_agrees`: no row beyond `RTOL_QUANTIZED_ACT`, and at most 1 + 0.1 % of the rows beyond `RTOL`.
 * With 8-bit activations (`a_bits < 32`) two runtimes that round a value 1 ulp apart before quantizing it move it by
   a whole quantization step, so a graph is held to `RTOL_QUANTIZED_ACT` (5e-2) and to `MIN_AGREEMENT_QUANTIZED_ACT`
   (99 %) of its predictions (argmax) agreeing; the exported PyTorch module, which rounds as the supernet does, is
@@ -22,12 +26,25 @@ import torch
 RTOL = 1e-4
 RTOL_QUANTIZED_ACT = 5e-2
 MIN_AGREEMENT_QUANTIZED_ACT = 0.99
+OWN_ROUNDING_ROWS = 1e-3  # the share of rows (beyond one) that a kernel's own activation rounding may move
 
 
 def relative_error(got: np.ndarray | torch.Tensor, want: np.ndarray | torch.Tensor) -> float:
     """max |got − want| / max(1, max |want|)."""
     got, want = (np.asarray(t.detach().float() if torch.is_tensor(t) else t, np.float64) for t in (got, want))
     return float(np.abs(got - want).max() / max(1.0, float(np.abs(want).max())))
+
+
+def rows_off(got: np.ndarray, want: np.ndarray) -> tuple[int, int, float]:
+    """(rows whose relative error exceeds `RTOL`, rows, the largest relative error); a row is the last dimension."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    rel = np.abs(got - want).reshape(-1, got.shape[-1]).max(-1) / max(1.0, float(np.abs(want).max()))
+    return int((rel > RTOL).sum()), len(rel), float(rel.max())
+
+
+def own_rounding_agrees(off: int, rows: int, worst: float) -> bool:
+    """Whether a kernel with its own activation rounding computes the supernet's arithmetic up to that rounding."""
+    return worst <= RTOL_QUANTIZED_ACT and off <= 1 + OWN_ROUNDING_ROWS * rows
 
 
 def bounds(quantized_act: bool, rtol: float | None = None, min_agreement: float | None = None) -> tuple[float, float]:
