@@ -33,7 +33,8 @@ from tests.pgserver import PostgresServer  # noqa: E402
 MODEL = "smollm_135m"  # bench/scale.py's
 SEQ = 64  # tokens per sequence, in training and in the measurements
 MEASURE = ["latency.threads=1", "latency.repeats=5", "latency.warmup=1", "data_overrides.val_subset_size=8"]
-# --smoke: a Llama of the same form (GQA, tied embeddings) small enough to import, train and search in seconds
+# --smoke: a Llama of the same form (GQA, tied embeddings) small enough to import, train and search in seconds; wider
+# than bench/scale.py's TINY, whose derived space holds too few distinct archs for a budget of 8
 TINY = {
     "cls": "LlamaForCausalLM",
     "config": "LlamaConfig",

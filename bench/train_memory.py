@@ -34,15 +34,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import scale  # noqa: E402  (bench/scale.py: the models, their import and the training step)
 
-TINY = {
-    "cls": "LlamaForCausalLM",
-    "config": "LlamaConfig",
-    "kwargs": dict(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True, rope_theta=10000.0,
-                   rms_norm_eps=1e-5),
-    "seq": 64,
-    "batch": 2,
-}  # fmt: skip
+TINY = scale.TINY  # the scale ladder's tiny Llama
 RUNS = [("plain", None), ("plain", "chunked"), ("elastic", None), ("elastic", "chunked")]
 
 
@@ -109,7 +101,7 @@ def main() -> None:
     ap.add_argument("--worker", nargs=2, metavar=("STAGE", "CHUNK"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.smoke:
-        args.batch, args.seq, args.chunk = 2, 32, 16
+        args.batch, args.seq, args.chunk = 2, TINY["seq"], 16
     spec = dict(TINY if args.smoke else scale.MODELS[args.model], batch=args.batch)
     name = "tiny" if args.smoke else args.model
     if args.smoke:
